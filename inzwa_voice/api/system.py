@@ -1,0 +1,78 @@
+"""Health, metrics, the API description, voices and admin routes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from pathlib import Path
+
+import yaml
+from aiohttp import web
+
+from inzwa_voice import __version__
+from inzwa_voice.api.keys import ENGINES, GATE, METRICS
+
+OPENAPI_PATH = Path(__file__).resolve().parents[2] / "api" / "openapi.yaml"
+ACTIVE_CALLS = web.AppKey("active_calls", dict)
+
+
+async def health(request: web.Request) -> web.Response:
+    engines = request.app[ENGINES]
+    return web.json_response(
+        {
+            "status": "ok",
+            "version": __version__,
+            "engines": {
+                "vad": type(engines.vad).__name__,
+                "asr": type(engines.asr).__name__,
+                "llm": engines.llm.name,
+                "tts": [v.id for v in engines.tts.voices()],
+            },
+            "active_calls": len(request.app.get(ACTIVE_CALLS, {})),
+            "requests_in_flight": request.app[GATE].in_flight,
+        }
+    )
+
+
+async def metrics(request: web.Request) -> web.Response:
+    return web.Response(
+        body=request.app[METRICS].render(),
+        headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"},
+    )
+
+
+async def openapi(request: web.Request) -> web.Response:
+    spec = await asyncio.to_thread(lambda: yaml.safe_load(OPENAPI_PATH.read_text(encoding="utf-8")))
+    return web.json_response(spec, dumps=lambda o: json.dumps(o, ensure_ascii=False))
+
+
+async def voices(request: web.Request) -> web.Response:
+    data = [
+        {
+            "id": v.id,
+            "language": v.language,
+            "sample_rate": v.sample_rate,
+            "model": v.model,
+            "description": v.description,
+            "aliases": list(v.aliases),
+        }
+        for v in request.app[ENGINES].tts.voices()
+    ]
+    return web.json_response({"object": "list", "data": data})
+
+
+async def warmup(request: web.Request) -> web.Response:
+    engines = request.app[ENGINES]
+    started = time.perf_counter()
+    with request.app[GATE].enter():
+        await asyncio.get_running_loop().run_in_executor(engines.executor, engines.warmup)
+    return web.json_response({"status": "ok", "seconds": round(time.perf_counter() - started, 3)})
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_get("/health", health)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/openapi.json", openapi)
+    app.router.add_get("/v1/voices", voices)
+    app.router.add_post("/v1/admin/warmup", warmup)

@@ -1,0 +1,35 @@
+"""Builds the aiohttp application: engines, safety, middleware and routes.
+
+Engines can be passed in already loaded, so several apps in one process (tests, a benchmark)
+share one set of models; otherwise ``serve`` loads them before the port opens, so a gateway
+that answers ``/health`` can always answer calls.
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from inzwa_voice.api import openai_routes, rest, system
+from inzwa_voice.api.keys import ENGINES, GATE, METRICS, SAFETY, SETTINGS, Gate
+from inzwa_voice.api.middleware import add_extra_headers, auth_middleware, error_middleware
+from inzwa_voice.config import Settings
+from inzwa_voice.engines.registry import Engines
+from inzwa_voice.safety import Safety, SafetyConfig
+
+
+def build_app(settings: Settings, engines: Engines) -> web.Application:
+    metrics = engines.metrics
+    app = web.Application(
+        client_max_size=settings.max_upload_bytes,
+        middlewares=[error_middleware(metrics), auth_middleware(settings, metrics)],
+    )
+    app[SETTINGS] = settings
+    app[METRICS] = metrics
+    app[ENGINES] = engines
+    app[SAFETY] = Safety.load(config=SafetyConfig(helpline_number=settings.helpline_number))
+    app[GATE] = Gate(settings.max_concurrent_requests)
+    app.on_response_prepare.append(add_extra_headers)
+    system.add_routes(app)
+    rest.add_routes(app)
+    openai_routes.add_routes(app)
+    return app

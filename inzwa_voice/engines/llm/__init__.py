@@ -1,0 +1,1 @@
+"""Language model engines: embedded llama.cpp and any OpenAI-compatible server."""

@@ -1,0 +1,122 @@
+"""Any OpenAI-compatible chat server (vLLM, llama.cpp's server, another gateway) over HTTP.
+
+This is the GPU path: the gateway streams ``/chat/completions`` with ``stream: true`` and
+relays content deltas. Connection failures are retried with a short back-off before the first
+byte; once tokens flow, a failure ends the answer (a retry would repeat words already spoken).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncGenerator
+from contextlib import aclosing
+
+import aiohttp
+
+from inzwa_voice.aio import with_deadlines
+from inzwa_voice.engines.base import ChatMessage
+
+
+class RemoteLLMError(RuntimeError):
+    pass
+
+
+class OpenAICompatibleLLM:
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        model: str,
+        api_key: str | None = None,
+        max_tokens: int = 160,
+        temperature: float = 0.3,
+        system_prompt: str = "",
+        connect_retries: int = 2,
+        token_timeout_s: float = 10.0,
+        timeout_s: float = 60.0,
+    ) -> None:
+        self.name = model
+        self._url = base_url.rstrip("/") + "/chat/completions"
+        self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._model = model
+        self._max_tokens = max_tokens
+        self._temperature = temperature
+        self._system_prompt = system_prompt
+        self._retries = connect_retries
+        self._token_timeout = token_timeout_s
+        self._timeout = timeout_s
+        self._session: aiohttp.ClientSession | None = None
+
+    def _client(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=None, sock_connect=5, sock_read=self._token_timeout)
+            )
+        return self._session
+
+    async def _open(self, body: dict[str, object]) -> aiohttp.ClientResponse:
+        delay = 0.2
+        for attempt in range(self._retries + 1):
+            try:
+                response = await self._client().post(self._url, json=body, headers=self._headers)
+            except aiohttp.ClientConnectionError as exc:
+                if attempt == self._retries:
+                    raise RemoteLLMError(f"cannot reach the LLM server at {self._url}: {exc}") from exc
+                await asyncio.sleep(delay)
+                delay *= 2
+                continue
+            if response.status != 200:
+                detail = (await response.text())[:300]
+                response.release()
+                raise RemoteLLMError(f"LLM server answered {response.status}: {detail}")
+            return response
+        raise AssertionError("unreachable")
+
+    async def _deltas(self, body: dict[str, object]) -> AsyncGenerator[str, None]:
+        response = await self._open(body)
+        try:
+            async for raw in response.content:
+                line = raw.decode("utf-8", "replace").strip()
+                if not line.startswith("data:"):
+                    continue
+                data = line[5:].strip()
+                if data == "[DONE]":
+                    return
+                try:
+                    choice = json.loads(data)["choices"][0]
+                except (ValueError, KeyError, IndexError) as exc:
+                    raise RemoteLLMError(f"malformed stream chunk from the LLM server: {data[:200]}") from exc
+                piece = (choice.get("delta") or {}).get("content")
+                if piece:
+                    yield piece
+        finally:
+            response.close()
+
+    async def stream(
+        self,
+        messages: list[ChatMessage],
+        *,
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+        stop: list[str] | None = None,
+    ) -> AsyncGenerator[str, None]:
+        if not any(m.role == "system" for m in messages) and self._system_prompt:
+            messages = [ChatMessage("system", self._system_prompt), *messages]
+        body: dict[str, object] = {
+            "model": self._model,
+            "messages": [{"role": m.role, "content": m.content} for m in messages],
+            "stream": True,
+            "max_tokens": max_tokens or self._max_tokens,
+            "temperature": self._temperature if temperature is None else temperature,
+        }
+        if stop:
+            body["stop"] = stop
+        limited = with_deadlines(self._deltas(body), item_timeout=self._token_timeout, total_timeout=self._timeout)
+        async with aclosing(limited):
+            async for piece in limited:
+                yield piece
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()

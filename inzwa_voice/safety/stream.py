@@ -1,0 +1,95 @@
+"""Turning a model's token stream into checked, speakable phrases.
+
+The output filter can only judge whole phrases ("kill" + "yourself" arrive as separate tokens),
+so tokens are buffered up to a phrase end; the buffer is capped so a model that never punctuates
+still reaches the caller in pieces and memory stays bounded. Phrases keep their trailing
+whitespace, so the yielded chunks concatenate back into the text.
+
+A base model also writes things no caller should hear: markup, and the other side of the
+dialogue ("User: ..."). The role labels and turn tokens are the prompt format's, not content
+policy, which is why they live here and not in the data files.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncGenerator, AsyncIterator
+
+MAX_PHRASE_CHARS = 160
+
+# A phrase ends at sentence punctuation (plus closing quotes) followed by whitespace, or at a
+# newline. The whitespace run belongs to the phrase, so the end is only known once the next
+# visible character arrives; "3.5" and "e.g." never end a phrase.
+_PHRASE_END = re.compile(r"(?:[.!?;:…]+[\"'”’)\]]*\s+|\n\s*)(?=\S)")
+_LAST_SPACE = re.compile(r"\s+(?=\S*\Z)")
+
+# A label starting a line or sentence means the model began writing another speaker's turn; chat
+# template tokens mean the same wherever they appear.
+_ROLE_TAG = re.compile(
+    r"(?:\A|(?<=[\n.!?]))[\s*_#>-]*(?P<role>user|assistant|system|human|model|caller|agent|ai)\s*:"
+    r"|<\|?/?(?:start_of_turn|end_of_turn|im_start|im_end|endoftext|eos)\|?>|</s>",
+    re.IGNORECASE,
+)
+# HTML-like tags, markdown emphasis, headings and code fences, and control characters: a TTS
+# reads them out or chokes on them.
+_MARKUP = re.compile(r"</?[a-z][^<>\n]{0,200}>|[*_`#~]|[\x00-\x08\x0b-\x1f\x7f]", re.IGNORECASE)
+
+
+class PhraseSplitter:
+    """Accumulates tokens and hands out complete phrases of at most ``cap`` characters."""
+
+    def __init__(self, cap: int = MAX_PHRASE_CHARS) -> None:
+        self._cap = cap
+        self._buffer = ""
+
+    def feed(self, token: str) -> list[str]:
+        """Add ``token``; return the phrases it completed, in order."""
+        self._buffer += token
+        phrases: list[str] = []
+        while (end := self._phrase_end()) is not None:
+            phrases.append(self._buffer[:end])
+            self._buffer = self._buffer[end:]
+        return phrases
+
+    def flush(self) -> str:
+        """The unfinished rest, at the end of the stream."""
+        rest, self._buffer = self._buffer, ""
+        return rest
+
+    def _phrase_end(self) -> int | None:
+        match = _PHRASE_END.search(self._buffer)
+        if match is not None and match.end() <= self._cap:
+            return match.end()
+        if len(self._buffer) <= self._cap:
+            return None
+        # Too long without an end: cut after the last whitespace in the window, or mid-word when
+        # the window holds a single word.
+        space = _LAST_SPACE.search(self._buffer, 0, self._cap)
+        return space.end() if space is not None and space.start() > 0 else self._cap
+
+
+async def phrases(tokens: AsyncIterator[str]) -> AsyncGenerator[str, None]:
+    """Phrases of ``tokens``; closing this generator closes ``tokens`` too, stopping the model."""
+    splitter = PhraseSplitter()
+    try:
+        async for token in tokens:
+            for phrase in splitter.feed(token):
+                yield phrase
+        if rest := splitter.flush():
+            yield rest
+    finally:
+        aclose = getattr(tokens, "aclose", None)
+        if aclose is not None:
+            await aclose()
+
+
+def cut_role_tag(phrase: str) -> tuple[str, str | None]:
+    """Split ``phrase`` before a leaked role tag: ``(text before it, role)``; role is None if none."""
+    match = _ROLE_TAG.search(phrase)
+    if match is None:
+        return phrase, None
+    return phrase[: match.start()], (match.group("role") or "turn_token").lower()
+
+
+def strip_markup(text: str) -> str:
+    return _MARKUP.sub("", text)

@@ -1,0 +1,81 @@
+"""Shared fixtures: the real engines loaded once per test session, and real HTTP servers.
+
+Every server binds 127.0.0.1 on a free port and is stopped by the fixture that started it.
+Speech for tests is made with the packaged TTS, so nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+from aiohttp import ClientSession, web
+
+from inzwa_voice.app import build_app
+from inzwa_voice.config import Settings, load_settings
+from inzwa_voice.engines.registry import Engines
+from inzwa_voice.telemetry import Metrics
+
+
+@pytest.fixture(scope="session")
+def settings() -> Settings:
+    # Keys and limits from a developer's .env must not leak into tests.
+    return load_settings(_env_file=None)
+
+
+@pytest.fixture(scope="session")
+def engines(settings: Settings) -> Engines:
+    loaded = Engines.load(settings, Metrics())
+    loaded.warmup()
+    return loaded
+
+
+@dataclass
+class Server:
+    url: str
+    app: web.Application
+    http: ClientSession
+
+    @property
+    def v1(self) -> str:
+        return self.url + "/v1"
+
+
+ServerFactory = Callable[..., Awaitable[Server]]
+
+
+@pytest.fixture
+async def make_server(settings: Settings, engines: Engines) -> AsyncIterator[ServerFactory]:
+    runners: list[web.AppRunner] = []
+    sessions: list[ClientSession] = []
+
+    async def start(**overrides: object) -> Server:
+        app = build_app(settings.model_copy(update=overrides), engines)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        runners.append(runner)
+        port = runner.addresses[0][1]
+        http = ClientSession()
+        sessions.append(http)
+        return Server(f"http://127.0.0.1:{port}", app, http)
+
+    yield start
+    for http in sessions:
+        await http.close()
+    for runner in runners:
+        await runner.cleanup()
+
+
+@pytest.fixture
+async def server(make_server: ServerFactory) -> Server:
+    return await make_server()
+
+
+async def speak(engines: Engines, text: str, *, voice: str = "joe", rate: int = 16000) -> np.ndarray:
+    """Real speech from the packaged TTS, as int16 at ``rate``."""
+    chunks = [c async for c in engines.synthesize(text, voice=voice, sample_rate=rate)]
+    return np.concatenate(chunks)
