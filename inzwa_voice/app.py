@@ -10,10 +10,12 @@ from __future__ import annotations
 from aiohttp import web
 
 from inzwa_voice.api import openai_routes, rest, system
-from inzwa_voice.api.keys import ENGINES, GATE, METRICS, SAFETY, SETTINGS, Gate
+from inzwa_voice.api.keys import CALLS, ENGINES, GATE, METRICS, SAFETY, SETTINGS, Gate
 from inzwa_voice.api.middleware import add_extra_headers, auth_middleware, error_middleware
 from inzwa_voice.config import Settings
+from inzwa_voice.conversation.calls import CallManager
 from inzwa_voice.engines.registry import Engines
+from inzwa_voice.legs import websocket
 from inzwa_voice.safety import Safety, SafetyConfig
 
 
@@ -28,8 +30,15 @@ def build_app(settings: Settings, engines: Engines) -> web.Application:
     app[ENGINES] = engines
     app[SAFETY] = Safety.load(config=SafetyConfig(helpline_number=settings.helpline_number))
     app[GATE] = Gate(settings.max_concurrent_requests)
+    app[CALLS] = CallManager(settings, engines, app[SAFETY])
     app.on_response_prepare.append(add_extra_headers)
     system.add_routes(app)
     rest.add_routes(app)
     openai_routes.add_routes(app)
+    websocket.add_routes(app)
+
+    async def end_calls(app: web.Application) -> None:
+        await app[CALLS].shutdown()
+
+    app.on_shutdown.append(end_calls)
     return app

@@ -90,6 +90,12 @@ class Settings(BaseSettings):
     tts_voice: str = Field("joe", description="Default voice id.")
     tts_threads: int = Field(1, ge=1, le=64)
 
+    # --- turn-taking (media time; see inzwa_voice/conversation/turns.py) ---
+    turn_start_ms: int = Field(120, ge=20, le=2000, description="Voiced audio before speech counts (and barges in).")
+    turn_prefetch_ms: int = Field(300, ge=100, le=5000, description="Silence before the answer is prepared.")
+    turn_endpoint_ms: int = Field(700, ge=200, le=10000, description="Silence that ends the caller's turn.")
+    turn_max_utterance_s: float = Field(30.0, gt=1, le=120, description="Longest caller turn before it is cut.")
+
     # --- limits ---
     max_text_chars: int = Field(4096, ge=1, le=100_000)
     max_audio_seconds: float = Field(120.0, gt=0, le=3600)

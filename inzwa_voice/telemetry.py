@@ -55,5 +55,23 @@ class Metrics:
         self.llm_active = Gauge("inzwa_llm_active_generations", "Generations in flight", registry=r)
         self.safety_events = Counter("inzwa_safety_events", "Safety layer decisions", ["stage", "category"], registry=r)
 
+        # --- calls ---
+        self.active_calls = Gauge("inzwa_active_calls", "Calls in progress by leg", ["leg"], registry=r)
+        self.calls = Counter("inzwa_calls", "Finished calls by leg and disposition", ["leg", "disposition"], registry=r)
+        self.calls_rejected = Counter("inzwa_calls_rejected", "Calls refused", ["leg", "reason"], registry=r)
+        self.turns = Counter("inzwa_turns", "Caller turns answered", ["leg"], registry=r)
+        self.barge_ins = Counter("inzwa_barge_ins", "Bot replies interrupted by the caller", ["leg"], registry=r)
+        self.transfers = Counter("inzwa_transfers", "Transfers to a human asked for", ["leg", "reason"], registry=r)
+        self.call_errors = Counter(
+            "inzwa_call_errors", "Protocol or media errors on calls", ["leg", "code"], registry=r
+        )
+        self.turn_latency = Histogram(
+            "inzwa_turn_latency_seconds",
+            "Time from the caller's last voiced frame to each stage of the answer",
+            ["stage"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+
     def render(self) -> bytes:
         return generate_latest(self.registry)

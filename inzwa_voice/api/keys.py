@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from aiohttp import web
 
 from inzwa_voice.config import Settings
+from inzwa_voice.conversation.calls import CallManager
 from inzwa_voice.engines.registry import Engines
 from inzwa_voice.errors import ApiError
 from inzwa_voice.safety import Safety
@@ -47,3 +48,4 @@ METRICS = web.AppKey("metrics", Metrics)
 ENGINES = web.AppKey("engines", Engines)
 SAFETY = web.AppKey("safety", Safety)
 GATE = web.AppKey("gate", Gate)
+CALLS = web.AppKey("calls", CallManager)

@@ -11,10 +11,9 @@ import yaml
 from aiohttp import web
 
 from inzwa_voice import __version__
-from inzwa_voice.api.keys import ENGINES, GATE, METRICS
+from inzwa_voice.api.keys import CALLS, ENGINES, GATE, METRICS
 
 OPENAPI_PATH = Path(__file__).resolve().parents[2] / "api" / "openapi.yaml"
-ACTIVE_CALLS = web.AppKey("active_calls", dict)
 
 
 async def health(request: web.Request) -> web.Response:
@@ -29,7 +28,7 @@ async def health(request: web.Request) -> web.Response:
                 "llm": engines.llm.name,
                 "tts": [v.id for v in engines.tts.voices()],
             },
-            "active_calls": len(request.app.get(ACTIVE_CALLS, {})),
+            "active_calls": len(request.app[CALLS].sessions),
             "requests_in_flight": request.app[GATE].in_flight,
         }
     )

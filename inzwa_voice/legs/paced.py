@@ -1,0 +1,60 @@
+"""Outbound audio for legs that pace it themselves: real-time sending, marks, barge-in flush.
+
+Shared by every leg whose transport cannot report playback (WebSocket, AudioSocket, WebRTC):
+a frame counts as played when the pacer hands it to the wire, and a mark fires once every
+frame queued before it has gone out.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Awaitable, Callable
+
+from inzwa_voice.engines.base import PCM16
+from inzwa_voice.media.pacer import Pacer
+from inzwa_voice.media.resample import Resampler
+
+
+class PacedOutput:
+    def __init__(
+        self,
+        send: Callable[[bytes], Awaitable[None]],
+        encode: Callable[[PCM16], bytes],
+        on_mark: Callable[[str], None],
+        *,
+        out_rate: int = 16000,
+        lead_frames: int = 3,
+    ) -> None:
+        self._encode = encode
+        self._on_mark = on_mark
+        self._resampler = Resampler(16000, out_rate)
+        self._marks: deque[tuple[int, str]] = deque()
+        self._last_index = -1
+        self._pacer: Pacer[bytes] = Pacer(send, lead_frames=lead_frames, on_sent=self._sent)
+
+    @property
+    def played_frames(self) -> int:
+        return self._pacer.frames_sent
+
+    async def play(self, frame: PCM16) -> None:
+        self._last_index = await self._pacer.enqueue(self._encode(self._resampler.process(frame)))
+
+    def flush(self) -> int:
+        self._resampler.reset()
+        for _, name in self._marks:
+            self._on_mark(name)  # nothing before them will play: they are as done as they get
+        self._marks.clear()
+        return self._pacer.flush()
+
+    async def mark(self, name: str) -> None:
+        if self._pacer.queued == 0:
+            self._on_mark(name)
+        else:
+            self._marks.append((self._last_index, name))
+
+    def _sent(self, index: int) -> None:
+        while self._marks and self._marks[0][0] <= index:
+            self._on_mark(self._marks.popleft()[1])
+
+    async def close(self) -> None:
+        await self._pacer.close()

@@ -1,0 +1,145 @@
+"""A simulated caller: speaks real audio into a leg in real time and records what comes back.
+
+Like a phone, the caller sends a 20 ms frame every 20 ms for the whole call (silence between
+utterances), so the gateway's VAD and endpointing see exactly what a live line delivers. Time
+is the caller's media clock: frames sent so far. Everything received is stamped with it, so
+tests assert barge-in in media time (bot audio received after the caller's first voiced
+frame) rather than wall-clock time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from inzwa_voice.engines.base import PCM16
+
+FRAME_MS = 20
+
+
+@dataclass
+class Received:
+    media_ms: int
+    samples: int
+
+
+@dataclass
+class Timeline:
+    """What the caller heard and saw, on its media clock."""
+
+    audio: list[Received] = field(default_factory=list)
+    events: list[tuple[int, dict[str, Any]]] = field(default_factory=list)
+    first_voiced_ms: list[int] = field(default_factory=list)  # media time each utterance started
+
+    def audio_ms_after(self, media_ms: int, rate: int) -> float:
+        """Milliseconds of bot audio received at or after caller media time ``media_ms``."""
+        return sum(r.samples for r in self.audio if r.media_ms >= media_ms) * 1000 / rate
+
+
+class Caller:
+    """The transport-independent half: pacing the caller's audio and keeping the timeline."""
+
+    def __init__(self, rate: int) -> None:
+        self.rate = rate
+        self.frame_samples = rate * FRAME_MS // 1000
+        self.timeline = Timeline()
+        self.sent_frames = 0
+        self._script: deque[PCM16] = deque()
+        self._bot_audio: list[PCM16] = []
+        self._event_waiters: list[tuple[str, asyncio.Future[dict[str, Any]]]] = []
+        self._sender: asyncio.Task[None] | None = None
+        self._audio_waiters: list[tuple[int, asyncio.Future[None]]] = []
+        self._idle = asyncio.Event()
+        self._started = 0.0
+        self.closed = asyncio.Event()
+
+    @property
+    def media_ms(self) -> int:
+        return self.sent_frames * FRAME_MS
+
+    async def send_frame(self, frame: PCM16) -> None:
+        raise NotImplementedError
+
+    def start_sending(self) -> None:
+        self._started = time.monotonic()
+        self._sender = asyncio.ensure_future(self._send_loop())
+
+    async def _send_loop(self) -> None:
+        silence = np.zeros(self.frame_samples, dtype=np.int16)
+        while not self.closed.is_set():
+            if self._script:
+                frame = self._script.popleft()
+            else:
+                frame = silence
+                self._idle.set()
+            await self.send_frame(frame)
+            self.sent_frames += 1
+            deadline = self._started + self.sent_frames * FRAME_MS / 1000
+            await asyncio.sleep(max(0.0, deadline - time.monotonic()))
+
+    def say(self, pcm: PCM16) -> int:
+        """Queue speech after what is already queued; returns the media time it will start at."""
+        start = self.media_ms + len(self._script) * FRAME_MS
+        self.timeline.first_voiced_ms.append(start)
+        pad = (-len(pcm)) % self.frame_samples
+        padded = np.concatenate([pcm, np.zeros(pad, dtype=np.int16)])
+        self._script.extend(padded.reshape(-1, self.frame_samples))
+        self._idle.clear()
+        return start
+
+    async def said(self) -> None:
+        """Wait until everything queued has been sent."""
+        await self._idle.wait()
+
+    def on_audio(self, pcm: PCM16) -> None:
+        self.timeline.audio.append(Received(self.media_ms, len(pcm)))
+        self._bot_audio.append(pcm)
+        received = sum(len(p) for p in self._bot_audio)
+        for waiter in list(self._audio_waiters):
+            if received >= waiter[0] and not waiter[1].done():
+                waiter[1].set_result(None)
+                self._audio_waiters.remove(waiter)
+
+    async def heard(self, ms: int, timeout: float = 60.0) -> None:
+        """Wait until ``ms`` of bot audio has arrived since the last ``clear_bot_audio``."""
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._audio_waiters.append((ms * self.rate // 1000, future))
+        self.on_audio(np.zeros(0, dtype=np.int16))
+        async with asyncio.timeout(timeout):
+            await future
+
+    def on_event(self, event: dict[str, Any]) -> None:
+        self.timeline.events.append((self.media_ms, event))
+        for kind, future in list(self._event_waiters):
+            if event.get("type") == kind and not future.done():
+                future.set_result(event)
+                self._event_waiters.remove((kind, future))
+
+    async def wait_for(self, kind: str, timeout: float = 60.0) -> dict[str, Any]:
+        """The next event of ``kind`` (not one already seen)."""
+        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._event_waiters.append((kind, future))
+        async with asyncio.timeout(timeout):
+            return await future
+
+    def events(self, kind: str) -> list[dict[str, Any]]:
+        return [e for _, e in self.timeline.events if e.get("type") == kind]
+
+    def bot_audio(self) -> PCM16:
+        return np.concatenate(self._bot_audio) if self._bot_audio else np.zeros(0, dtype=np.int16)
+
+    def clear_bot_audio(self) -> None:
+        self._bot_audio.clear()
+
+    async def stop_sending(self) -> None:
+        self.closed.set()
+        if self._sender is not None:
+            self._sender.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sender

@@ -1,0 +1,70 @@
+"""A caller over the native WebSocket leg (``GET /v1/ws``)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from typing import Any
+
+import aiohttp
+import numpy as np
+
+from inzwa_voice.engines.base import PCM16
+from inzwa_voice.simulator.caller import Caller
+
+
+class WsCaller(Caller):
+    def __init__(self, http: aiohttp.ClientSession, url: str, *, rate: int = 16000) -> None:
+        super().__init__(rate)
+        self._http = http
+        self._url = url
+        self._ws: aiohttp.ClientWebSocketResponse | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self.close_code: int | None = None
+
+    async def connect(self, **start: Any) -> dict[str, Any]:
+        """Open the call; returns ``session.started`` (or raises with the server's error)."""
+        self._ws = await self._http.ws_connect(self._url)
+        await self._ws.send_json({"type": "start", "codec": "pcm16", "sample_rate": self.rate, **start})
+        self._reader = asyncio.ensure_future(self._read())
+        started = await self.wait_for("session.started", timeout=30)
+        self.start_sending()
+        return started
+
+    async def send_frame(self, frame: PCM16) -> None:
+        if self._ws is not None and not self._ws.closed:
+            await self._ws.send_bytes(frame.astype("<i2").tobytes())
+
+    async def send_json(self, message: dict[str, Any]) -> None:
+        assert self._ws is not None
+        await self._ws.send_json(message)
+
+    async def send_raw(self, data: bytes | str) -> None:
+        assert self._ws is not None
+        await (self._ws.send_bytes(data) if isinstance(data, bytes) else self._ws.send_str(data))
+
+    async def _read(self) -> None:
+        assert self._ws is not None
+        async for msg in self._ws:
+            if msg.type == aiohttp.WSMsgType.BINARY:
+                self.on_audio(np.frombuffer(msg.data, dtype="<i2"))
+            elif msg.type == aiohttp.WSMsgType.TEXT:
+                self.on_event(json.loads(msg.data))
+        self.close_code = self._ws.close_code
+        self.closed.set()
+
+    async def hang_up(self) -> None:
+        await self.stop_sending()
+        if self._ws is not None:
+            with contextlib.suppress(ConnectionError):
+                await self._ws.send_json({"type": "stop"})
+            await self._ws.close()
+        if self._reader is not None:
+            await self._reader
+
+    async def wait_closed(self) -> int | None:
+        await self.closed.wait()
+        if self._reader is not None:
+            await self._reader
+        return self.close_code

@@ -1,0 +1,145 @@
+"""Calls over the native WebSocket leg, end to end with the real engines, in real time."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+import numpy as np
+import pytest
+
+from inzwa_voice.engines.registry import Engines
+from inzwa_voice.simulator.ws import WsCaller
+from tests.conftest import Server, ServerFactory, speak
+
+QUESTION = "Hello. Where is the nearest clinic?"
+
+
+async def english_server(make_server: ServerFactory, **overrides: object) -> Server:
+    return await make_server(language="en", tts_voice="joe", **overrides)
+
+
+async def call(server: Server, **start: object) -> WsCaller:
+    caller = WsCaller(server.http, server.url.replace("http", "ws") + "/v1/ws")
+    await caller.connect(**start)
+    return caller
+
+
+async def greeted(caller: WsCaller) -> None:
+    await caller.wait_for("tts.end")
+    caller.clear_bot_audio()
+
+
+async def test_a_spoken_question_gets_a_spoken_answer(make_server: ServerFactory, engines: Engines) -> None:
+    server = await english_server(make_server)
+    caller = await call(server)
+    try:
+        await greeted(caller)
+        caller.say(await speak(engines, QUESTION))
+        final = await caller.wait_for("asr.final")
+        assert "clinic" in final["text"].lower()
+        await caller.wait_for("tts.start")
+        metrics = await caller.wait_for("turn.metrics")
+        assert metrics["id"] == final["id"]
+        assert {"endpoint", "asr_final", "first_frame_sent"} <= set(metrics["latency_ms"])
+        answer = caller.bot_audio()
+        assert len(answer) > 16000 // 2
+        heard = await engines.transcribe(answer.astype(np.float32) / np.float32(32768), language="en")
+        assert heard.text.strip()
+        assert caller.events("llm.partial")
+    finally:
+        await caller.hang_up()
+
+
+async def test_barge_in_stops_the_bot_within_300_ms_of_media_time(make_server: ServerFactory, engines: Engines) -> None:
+    server = await english_server(make_server)
+    caller = await call(server)
+    interruption = await speak(engines, "Stop, stop. I have another question.")
+    try:
+        await caller.heard(400)  # the caller hears 400 ms of the greeting, then talks over it
+        started = caller.say(interruption)
+        barge = await caller.wait_for("barge_in")
+        after = caller.timeline.audio_ms_after(started, caller.rate)
+        assert after <= 300 + 60, f"{after:.0f} ms of bot audio after the caller started speaking"
+        assert barge["heard"] != ""
+    finally:
+        await caller.hang_up()
+
+
+async def test_dtmf_zero_asks_for_a_human(make_server: ServerFactory) -> None:
+    server = await english_server(make_server)
+    caller = await call(server)
+    try:
+        await caller.send_json({"type": "dtmf", "digit": "0"})
+        transfer = await caller.wait_for("transfer")
+        assert transfer["reason"] == "dtmf"
+    finally:
+        await caller.hang_up()
+
+
+async def test_bad_messages_beside_a_healthy_call(make_server: ServerFactory, engines: Engines) -> None:
+    server = await english_server(make_server)
+    healthy = await call(server)
+    try:
+        # Recoverable: the call goes on.
+        bad = await call(server)
+        await bad.send_raw("{not json")
+        assert (await bad.wait_for("error"))["recoverable"] is True
+        await bad.send_json({"type": "dance"})
+        assert (await bad.wait_for("error"))["code"] == "unknown_type"
+        # Fatal: odd-length PCM closes with 4400.
+        await bad.send_raw(b"\x01\x02\x03")
+        assert await bad.wait_closed() == 4400
+        # Binary before start.
+        ws = await server.http.ws_connect(server.url.replace("http", "ws") + "/v1/ws")
+        await ws.send_bytes(b"\x00\x00" * 160)
+        msg = await ws.receive_json()
+        assert msg["code"] == "not_started"
+        await ws.receive()
+        assert ws.close_code == 4400
+        # A 10 MB frame is refused by size.
+        huge = await call(server)
+        with contextlib.suppress(ConnectionError):  # the server may reset before the send ends
+            await huge.send_raw(b"\x00" * (10 * 1024 * 1024))
+        assert await huge.wait_closed() in (1009, 1006)  # "message too big", or the reset seen first
+        # The healthy call still hears and answers.
+        healthy.say(await speak(engines, QUESTION))
+        assert "clinic" in (await healthy.wait_for("asr.final"))["text"].lower()
+    finally:
+        await healthy.hang_up()
+
+
+async def test_calls_beyond_the_limit_are_refused(make_server: ServerFactory) -> None:
+    server = await english_server(make_server, max_sessions=2)
+    first, second = await call(server), await call(server)
+    try:
+        third = WsCaller(server.http, server.url.replace("http", "ws") + "/v1/ws")
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(third.connect(), 5)
+        assert third.events("error")[0]["code"] == "overloaded"
+        assert await third.wait_closed() == 1013
+    finally:
+        await first.hang_up()
+        await second.hang_up()
+
+
+async def test_four_concurrent_calls_are_isolated(make_server: ServerFactory, engines: Engines) -> None:
+    server = await english_server(make_server)
+    questions = [
+        "Where is the clinic?",
+        "I need help with my rent.",
+        "My phone was stolen yesterday.",
+        "Can I speak to a counsellor?",
+    ]
+    keywords = ["clinic", "rent", "phone", "counsel"]
+    callers = [await call(server) for _ in questions]
+    try:
+        for caller, question in zip(callers, questions, strict=True):
+            caller.say(await speak(engines, question))
+        finals = await asyncio.gather(*(c.wait_for("asr.final", timeout=120) for c in callers))
+        for final, keyword in zip(finals, keywords, strict=True):
+            assert keyword in final["text"].lower(), final["text"]
+        assert len({f["id"] for f in finals}) == 4
+    finally:
+        for caller in callers:
+            await caller.hang_up()
