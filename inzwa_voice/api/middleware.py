@@ -33,6 +33,9 @@ PREPARED = web.RequestKey("prepared", web.StreamResponse)
 # Paths anyone may read: probes, scrapers and the API description.
 PUBLIC_PATHS = ("/health", "/metrics", "/openapi.json")
 PUBLIC_PREFIXES = ("/widget",)
+# Routes that authenticate callers themselves: the WebSocket call checks its start message's
+# ``auth`` (browsers cannot set headers on a WebSocket), Twilio's routes check its signature.
+SELF_AUTHENTICATED_PREFIXES = ("/v1/ws", "/v1/twilio/")
 
 _HTTP_ERRORS: dict[int, tuple[str, str]] = {
     404: ("not_found_error", "no route matches this path"),
@@ -125,7 +128,7 @@ def _error_type(status: int) -> str:
 
 
 def _is_public(path: str) -> bool:
-    return path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES)
+    return path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES + SELF_AUTHENTICATED_PREFIXES)
 
 
 def client_identity(request: web.Request, keys: list[str]) -> str:

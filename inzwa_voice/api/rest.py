@@ -103,12 +103,12 @@ async def chat(request: web.Request) -> web.StreamResponse:
         )
         if not body.stream:
             text = await collect(pieces)
-            return web.json_response({"message": {"role": "assistant", "content": text}, "safety": vars(info)})
+            return web.json_response({"message": {"role": "assistant", "content": text}, "safety": info.public()})
         return await stream_sse(
             request,
             pieces,
             each=lambda piece: {"token": piece},
-            last=lambda: [{"done": True, "safety": vars(info)}],
+            last=lambda: [{"done": True, "safety": info.public()}],
         )
 
 

@@ -12,23 +12,21 @@ import logging
 import time
 import uuid
 from collections import OrderedDict
+from collections.abc import Awaitable
 from contextlib import aclosing
-from typing import TYPE_CHECKING
 
 from inzwa_voice.config import Settings
 from inzwa_voice.conversation.profile import Profile
 from inzwa_voice.conversation.session import LATENCY_STAGES, CallSession, Turn
 from inzwa_voice.conversation.turns import TurnSettings
+from inzwa_voice.dialplan import Dialplan
 from inzwa_voice.engines.base import PCM16
 from inzwa_voice.engines.registry import Engines
 from inzwa_voice.legs.base import CallInfo, Leg
 from inzwa_voice.media.framing import FRAME_SAMPLES, Framer
 from inzwa_voice.safety import Safety
+from inzwa_voice.store import DISPOSITIONS, CallStore, TurnRecord
 from inzwa_voice.telemetry import Metrics
-
-if TYPE_CHECKING:
-    from inzwa_voice.dialplan import Dialplan
-    from inzwa_voice.store import CallStore
 
 log = logging.getLogger(__name__)
 
@@ -111,13 +109,22 @@ class CallManager:
         return frames
 
     # ----- call records and metrics -----
+    async def _write(self, session: CallSession, what: str, write: Awaitable[None]) -> None:
+        """A failed record write is logged and counted; it never ends or stalls the call."""
+        try:
+            await write
+        except Exception:
+            log.exception("call record write failed", extra={"call_id": session.id, "what": what})
+            self.metrics.call_errors.labels(session.info.leg, "record_write").inc()
+
     async def record_start(self, session: CallSession) -> None:
         if self.store is not None:
-            await self.store.start_call(session.id, session.info, session.profile.name, session.started_at)
+            write = self.store.start_call(session.id, session.info, session.profile.name, session.started_at)
+            await self._write(session, "start", write)
 
     async def record_event(self, session: CallSession, kind: str, data: dict[str, object]) -> None:
         if self.store is not None:
-            await self.store.add_event(session.id, kind, data, time.time())
+            await self._write(session, kind, self.store.add_event(session.id, kind, data, time.time()))
 
     async def record_turn(self, session: CallSession, turn: Turn, *, barged_in: bool, heard: str | None) -> None:
         self.metrics.turns.labels(session.info.leg).inc()
@@ -126,10 +133,8 @@ class CallManager:
                 self.metrics.turn_latency.labels(stage).observe(turn.marks[stage] / 1000)
         if self.store is None:
             return
-        from inzwa_voice.store import TurnRecord
-
         full = " ".join(turn.phrases)
-        await self.store.add_turn(
+        record = self.store.add_turn(
             session.id,
             TurnRecord(
                 index=turn.index,
@@ -144,15 +149,19 @@ class CallManager:
                 ended_at=time.time(),
             ),
         )
+        await self._write(session, "turn", record)
         if barged_in:
             await self.record_event(session, "barge_in", {"turn": turn.index, "heard": heard or ""})
 
     async def record_end(self, session: CallSession, disposition: str) -> None:
+        if disposition not in DISPOSITIONS:
+            log.warning("unknown disposition recorded as error", extra={"disposition": disposition})
+            disposition = "error"
         self.sessions.pop(session.id, None)
         self.metrics.active_calls.labels(session.info.leg).dec()
         self.metrics.calls.labels(session.info.leg, disposition).inc()
         if self.store is not None:
-            await self.store.end_call(session.id, disposition, time.time())
+            await self._write(session, "end", self.store.end_call(session.id, disposition, time.time()))
 
     async def shutdown(self) -> None:
         self.draining = True

@@ -7,6 +7,7 @@ model output reaches the user only phrase by phrase after the post filter has pa
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncGenerator
 from contextlib import aclosing
 from dataclasses import dataclass
@@ -25,6 +26,17 @@ class ReplyInfo:
     transfer: bool = False
     blocked_category: str | None = None
     tokens: int = 0
+    first_token_at: float | None = None  # perf_counter time of the model's first token
+
+    def public(self) -> dict[str, object]:
+        """The part a REST client sees (``safety`` in ``/v1/chat`` responses)."""
+        return {
+            "action": self.action,
+            "category": self.category,
+            "transfer": self.transfer,
+            "blocked_category": self.blocked_category,
+            "tokens": self.tokens,
+        }
 
 
 async def safe_reply(
@@ -56,6 +68,8 @@ async def safe_reply(
         async with aclosing(generation):
             async for token in generation:
                 info.tokens += 1
+                if info.first_token_at is None:
+                    info.first_token_at = time.perf_counter()
                 yield token
 
     tokens = counted()

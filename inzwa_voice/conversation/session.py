@@ -67,9 +67,10 @@ class Turn:
     started_at: float = field(default_factory=time.time)
     frames_played: int = 0
 
-    def mark(self, stage: str) -> None:
+    def mark(self, stage: str, at: float | None = None) -> None:
         if stage not in self.marks and self.last_voiced_at:
-            self.marks[stage] = round((time.perf_counter() - self.last_voiced_at) * 1000, 1)
+            moment = time.perf_counter() if at is None else at
+            self.marks[stage] = round((moment - self.last_voiced_at) * 1000, 1)
 
     def heard(self, played_frames: int) -> str:
         spans = [(self.phrases[i], b[0], b[1]) for i, b in sorted(self.bounds.items())]
@@ -179,11 +180,11 @@ class CallSession:
         for task in list(self._tasks):
             if task is not current:
                 task.cancel()
+        await self.manager.record_end(self, disposition)  # recorded before the caller is told
         with contextlib.suppress(Exception):
             await self.leg.send_event({"type": "call.end", "reason": disposition})
         with contextlib.suppress(Exception):
             await self.leg.close(disposition)
-        await self.manager.record_end(self, disposition)
         self._ended.set()
 
     def _spawn(self, coro: Awaitable[Any]) -> asyncio.Task[Any]:
@@ -279,7 +280,7 @@ class CallSession:
         turn.caller_text = result.text.strip()
         if not turn.caller_text:
             await turn.committed.wait()
-            self._finish_turn(turn)  # noise, not words: nothing to answer
+            await self._finish_turn(turn)  # noise, not words: nothing to answer
             return
         self._add_user(turn)
         pending_user = None if turn.user_added else turn.caller_text
@@ -292,7 +293,7 @@ class CallSession:
         )
         async with aclosing(replies):
             async for text in replies:
-                turn.mark("llm_first_token")
+                turn.mark("llm_first_token", turn.info.first_token_at)
                 turn.mark("first_phrase")
                 for phrase in split_phrases(text):
                     await self._speak(turn, phrase)
@@ -347,19 +348,20 @@ class CallSession:
             turn.pending.clear()
         await self.leg.mark(f"turn-{turn.id}")
         await turn.played.wait()
-        await self.leg.send_event({"type": "tts.end", "id": turn.id})
         self._memory.add("assistant", " ".join(turn.phrases))
-        self._finish_turn(turn)
+        await self._finish_turn(turn)
+        await self.leg.send_event({"type": "tts.end", "id": turn.id})
 
-    def _finish_turn(self, turn: Turn, *, barged_in: bool = False, heard: str | None = None) -> None:
+    async def _finish_turn(self, turn: Turn, *, barged_in: bool = False, heard: str | None = None) -> None:
+        """Record the turn (before any event announces it, so a client can read it back)."""
         if self._current is turn:
             self._current = None
-        if turn.kind == "answer":
-            self._spawn(self.manager.record_turn(self, turn, barged_in=barged_in, heard=heard))
-            if turn.marks:
-                self._spawn(self.leg.send_event({"type": "turn.metrics", "id": turn.id, "latency_ms": turn.marks}))
         if not barged_in and not self._ending:
             self._arm_idle()
+        if turn.kind == "answer":
+            await self.manager.record_turn(self, turn, barged_in=barged_in, heard=heard)
+            if turn.marks:
+                await self.leg.send_event({"type": "turn.metrics", "id": turn.id, "latency_ms": turn.marks})
 
     async def _hold_prompt(self, turn: Turn) -> None:
         """If the answer is slow, say the hold prompt once so the caller knows we are there."""
@@ -415,8 +417,8 @@ class CallSession:
         heard = turn.heard(played)
         self._memory.add("assistant", heard)
         self.manager.metrics.barge_ins.labels(self.info.leg).inc()
+        await self._finish_turn(turn, barged_in=True, heard=heard)
         await self.leg.send_event({"type": "barge_in", "id": turn.id, "heard": heard})
-        self._finish_turn(turn, barged_in=True, heard=heard)
 
     # ----- timers, DTMF, transfer -----
     def _arm_idle(self) -> None:

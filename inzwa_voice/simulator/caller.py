@@ -63,8 +63,19 @@ class Caller:
     def media_ms(self) -> int:
         return self.sent_frames * FRAME_MS
 
+    async def connect(self, **start: Any) -> dict[str, Any]:
+        """Open the call and start sending audio; returns the leg's first event."""
+        raise NotImplementedError
+
     async def send_frame(self, frame: PCM16) -> None:
         raise NotImplementedError
+
+    async def hang_up(self) -> None:
+        raise NotImplementedError
+
+    async def greeting_done(self) -> None:
+        """Wait until the greeting has played (legs without events override this)."""
+        await self.wait_for("tts.end")
 
     def start_sending(self) -> None:
         self._started = time.monotonic()

@@ -1,0 +1,81 @@
+"""Admin routes over the call records: list calls, read one call with its turns and events.
+
+Query values are checked strictly (``active=yes`` is a 400, not silently "no filter"): an
+operator reading records during an incident must get exactly what they asked for.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import get_args
+
+from aiohttp import web
+
+from inzwa_voice.api.keys import CALLS
+from inzwa_voice.errors import ApiError, invalid
+from inzwa_voice.legs.base import LegKind
+from inzwa_voice.store import CallStore
+
+STORE = web.AppKey("store", CallStore)
+
+MAX_LIMIT = 200
+DEFAULT_LIMIT = 50
+MAX_OFFSET = 1_000_000
+LEGS: tuple[str, ...] = get_args(LegKind)
+_BOOLEANS = {"true": True, "false": False}
+
+
+def _int_param(query: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
+    raw = query.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise invalid(f"{name} must be an integer from {low} to {high}", name) from None
+    if not low <= value <= high:
+        raise invalid(f"{name} must be an integer from {low} to {high}", name)
+    return value
+
+
+async def list_calls(request: web.Request) -> web.Response:
+    query = request.query
+    limit = _int_param(query, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
+    offset = _int_param(query, "offset", 0, 0, MAX_OFFSET)
+    leg = query.get("leg")
+    if leg is not None and leg not in LEGS:
+        raise invalid(f"leg must be one of {', '.join(LEGS)}", "leg")
+    active = query.get("active")
+    if active is not None and active not in _BOOLEANS:
+        raise invalid("active must be true or false", "active")
+    # One row more than asked says whether another page exists, without a COUNT over the table.
+    rows = await request.app[STORE].list_calls(
+        limit=limit + 1, offset=offset, leg=leg, active=None if active is None else _BOOLEANS[active]
+    )
+    return web.json_response({"object": "list", "data": rows[:limit], "has_more": len(rows) > limit})
+
+
+async def get_call(request: web.Request) -> web.Response:
+    call_id = request.match_info["id"]
+    call = await request.app[STORE].get_call(call_id)
+    if call is None:
+        shown = call_id if len(call_id) <= 64 else call_id[:64] + "…"
+        raise ApiError(f"no call {shown!r} is recorded", status=404, type="not_found_error", code="call_not_found")
+    return web.json_response(call)
+
+
+async def hangup_call(request: web.Request) -> web.Response:
+    """End a live call from the operator's side: the caller hears the goodbye, then the line drops."""
+    call_id = request.match_info["id"]
+    session = request.app[CALLS].sessions.get(call_id)
+    if session is None:
+        raise ApiError("no live call has this id", status=404, type="not_found_error", code="call_not_found")
+    await session.end("admin_hangup", say_goodbye=request.query.get("goodbye", "true") != "false")
+    return web.json_response({"id": call_id, "status": "ended", "disposition": "admin_hangup"})
+
+
+def add_routes(app: web.Application) -> None:
+    """The routes read ``app[STORE]``, which the app opens at start-up and closes at cleanup."""
+    app.router.add_get("/v1/admin/calls", list_calls)
+    app.router.add_get("/v1/admin/calls/{id}", get_call)
+    app.router.add_post("/v1/admin/calls/{id}/hangup", hangup_call)

@@ -1,0 +1,162 @@
+"""Run simulated calls against a gateway and summarise them as JSON.
+
+Each call: connect over a leg, wait for the greeting to finish, speak a question (real speech
+from the gateway's own TTS, or a WAV file), measure the answer, optionally talk over it, hang
+up. Latency is measured where the caller is, in media time: from the caller's last voiced
+frame to the first bot audio frame that arrives after it. Stage splits come from the gateway's
+``turn.metrics`` events where the leg carries events (the native WebSocket).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import time
+import wave
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import numpy as np
+import soxr
+
+from inzwa_voice.engines.base import PCM16
+from inzwa_voice.simulator.caller import FRAME_MS, Caller
+from inzwa_voice.simulator.ws import WsCaller
+
+QUESTIONS = [
+    "Hello. Where is the nearest clinic?",
+    "I need help with my rent, my landlord wants me out.",
+    "Can you tell me when the office opens tomorrow?",
+    "My child has a fever. What should I do?",
+]
+INTERRUPTION = "Wait, stop. I have another question."
+
+CallerFactory = Callable[[aiohttp.ClientSession, str], Caller]
+
+
+def ws_caller(http: aiohttp.ClientSession, base_url: str) -> Caller:
+    return WsCaller(http, base_url.replace("http", "ws", 1) + "/v1/ws")
+
+
+LEGS: dict[str, CallerFactory] = {"ws": ws_caller}
+
+
+@dataclass
+class CallResult:
+    latency_ms: list[float] = field(default_factory=list)
+    stages: list[dict[str, float]] = field(default_factory=list)
+    barge_in_stop_ms: float | None = None
+    error: str | None = None
+
+
+async def tts(http: aiohttp.ClientSession, base_url: str, text: str, rate: int, voice: str) -> PCM16:
+    body = {"text": text, "voice": voice, "format": "pcm", "sample_rate": rate}
+    async with http.post(base_url + "/v1/tts", json=body) as resp:
+        resp.raise_for_status()
+        return np.frombuffer(await resp.read(), dtype="<i2").copy()
+
+
+def read_wav(path: Path, rate: int) -> PCM16:
+    with wave.open(str(path)) as wav:
+        if wav.getsampwidth() != 2:
+            raise ValueError(f"{path}: only 16-bit PCM WAV files are supported")
+        audio = np.frombuffer(wav.readframes(wav.getnframes()), dtype="<i2").reshape(-1, wav.getnchannels())
+        mono = audio.mean(axis=1).astype(np.float32)
+        resampled = soxr.resample(mono, wav.getframerate(), rate)
+    return np.asarray(np.clip(resampled, -32768, 32767), dtype=np.int16)
+
+
+def first_audio_after(caller: Caller, media_ms: int) -> float | None:
+    arrivals = [r.media_ms for r in caller.timeline.audio if r.media_ms >= media_ms and r.samples]
+    return float(min(arrivals) - media_ms) if arrivals else None
+
+
+async def one_call(
+    http: aiohttp.ClientSession,
+    base_url: str,
+    factory: CallerFactory,
+    question: PCM16,
+    interruption: PCM16 | None,
+    barge_in_after_ms: int,
+) -> CallResult:
+    result = CallResult()
+    caller = factory(http, base_url)
+    try:
+        await caller.connect()
+        await caller.greeting_done()
+        start = caller.say(question)
+        end_of_speech = start + len(question) * 1000 // caller.rate
+        metrics = asyncio.ensure_future(caller.wait_for("turn.metrics", timeout=120))
+        caller.clear_bot_audio()
+        await caller.heard(max(FRAME_MS, barge_in_after_ms if interruption is not None else 500), timeout=120)
+        latency = first_audio_after(caller, end_of_speech)
+        if latency is not None:
+            result.latency_ms.append(latency)
+        if interruption is not None:
+            barge_start = caller.say(interruption)
+            await caller.wait_for("barge_in", timeout=30)
+            result.barge_in_stop_ms = caller.timeline.audio_ms_after(barge_start, caller.rate)
+        else:
+            result.stages.append(dict((await metrics)["latency_ms"]))
+        metrics.cancel()
+    except (TimeoutError, aiohttp.ClientError, ConnectionError) as exc:
+        result.error = f"{type(exc).__name__}: {exc}"
+    finally:
+        await caller.hang_up()
+    return result
+
+
+def percentiles(values: list[float]) -> dict[str, float] | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    p95 = ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
+    return {"p50": round(statistics.median(ordered), 1), "p95": round(p95, 1), "n": len(ordered)}
+
+
+def summarise(results: list[CallResult]) -> dict[str, Any]:
+    stages: dict[str, list[float]] = {}
+    for result in results:
+        for marks in result.stages:
+            for stage, ms in marks.items():
+                stages.setdefault(stage, []).append(ms)
+    return {
+        "calls": len(results),
+        "errors": [r.error for r in results if r.error],
+        "turn_latency_ms": percentiles([ms for r in results for ms in r.latency_ms]),
+        "stages_ms": {stage: percentiles(values) for stage, values in sorted(stages.items())},
+        "barge_in_stop_ms": percentiles([r.barge_in_stop_ms for r in results if r.barge_in_stop_ms is not None]),
+    }
+
+
+async def simulate(
+    base_url: str,
+    *,
+    leg: str = "ws",
+    calls: int = 1,
+    barge_in_after_ms: int | None = None,
+    wav: Path | None = None,
+    voice: str = "joe",
+) -> dict[str, Any]:
+    """Run ``calls`` concurrent calls over ``leg`` and return the JSON summary."""
+    factory = LEGS[leg]
+    async with aiohttp.ClientSession() as http:
+        rate = factory(http, base_url).rate
+        if wav is not None:
+            questions = [read_wav(wav, rate)]
+        else:
+            questions = [await tts(http, base_url, q, rate, voice) for q in QUESTIONS]
+        interruption = await tts(http, base_url, INTERRUPTION, rate, voice) if barge_in_after_ms else None
+        started = time.perf_counter()
+        results = await asyncio.gather(
+            *(
+                one_call(http, base_url, factory, questions[i % len(questions)], interruption, barge_in_after_ms or 0)
+                for i in range(calls)
+            )
+        )
+    summary = summarise(list(results))
+    summary.update({"leg": leg, "wall_s": round(time.perf_counter() - started, 1)})
+    return summary

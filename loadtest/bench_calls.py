@@ -1,0 +1,93 @@
+"""Call benchmark: a real gateway process, simulated callers at several concurrencies, JSON out.
+
+For each leg and concurrency: turn latency (caller's last voiced frame → first bot audio, in
+the caller's media time) p50/p95, the gateway's stage split, and — in a second round with
+barge-in — how much bot audio still arrived after the caller started talking over it. The
+gateway's CPU seconds and peak RSS come from /proc for the whole run.
+
+    .venv/bin/python loadtest/bench_calls.py [--legs ws,twilio] [--calls 1,4,10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from inzwa_voice.simulator.run import simulate
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def proc_usage(pid: int) -> dict[str, float]:
+    """CPU seconds (user + system) and peak RSS of a process, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    cpu = (int(fields[11]) + int(fields[12])) / ticks
+    status = Path(f"/proc/{pid}/status").read_text()
+    peak_kb = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM"))
+    return {"cpu_s": round(cpu, 1), "peak_rss_mb": round(peak_kb / 1024, 1)}
+
+
+def start_gateway(port: int, extra_env: dict[str, str]) -> subprocess.Popen[str]:
+    env = {
+        **os.environ,
+        "INZWA_PORT": str(port),
+        "INZWA_HOST": "127.0.0.1",
+        "INZWA_LANGUAGE": "en",
+        "INZWA_TTS_VOICE": "joe",
+        **extra_env,
+    }
+    cli = Path(sys.executable).with_name("inzwa-voice")
+    proc = subprocess.Popen([str(cli), "serve"], env=env, stderr=subprocess.PIPE, text=True)
+    assert proc.stderr is not None
+    for line in proc.stderr:
+        if line.startswith("{") and json.loads(line).get("msg") == "gateway ready":
+            return proc
+    raise RuntimeError(f"gateway exited with {proc.wait()} before it was ready")
+
+
+async def run(legs: list[str], concurrencies: list[int]) -> dict[str, Any]:
+    port = free_port()
+    proc = start_gateway(port, {"INZWA_LOG_LEVEL": "WARNING"})
+    url = f"http://127.0.0.1:{port}"
+    results: dict[str, Any] = {}
+    try:
+        before = proc_usage(proc.pid)
+        for leg in legs:
+            for n in concurrencies:
+                answer = await simulate(url, leg=leg, calls=n)
+                barge = await simulate(url, leg=leg, calls=n, barge_in_after_ms=600)
+                answer["barge_in_stop_ms"] = barge["barge_in_stop_ms"]
+                answer["errors"] += barge["errors"]
+                results[f"{leg}_{n}"] = answer
+        after = proc_usage(proc.pid)
+        results["gateway"] = {"cpu_s": round(after["cpu_s"] - before["cpu_s"], 1), **after}
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--legs", default="ws", help="comma-separated legs")
+    parser.add_argument("--calls", default="1,4,10", help="comma-separated concurrencies")
+    args = parser.parse_args()
+    legs = args.legs.split(",")
+    calls = [int(n) for n in args.calls.split(",")]
+    print(json.dumps(asyncio.run(run(legs, calls)), indent=2))
+
+
+if __name__ == "__main__":
+    main()
