@@ -107,7 +107,8 @@ async def with_deadlines(
             if budget <= 0:
                 raise StreamTimeout(f"stream exceeded its {total_timeout:.1f} s limit")
             try:
-                item = await asyncio.wait_for(anext(source), budget)
+                async with asyncio.timeout(budget):
+                    item = await anext(source)
             except StopAsyncIteration:
                 return
             except TimeoutError:

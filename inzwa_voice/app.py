@@ -18,7 +18,7 @@ from inzwa_voice.config import Settings
 from inzwa_voice.conversation.calls import CallManager
 from inzwa_voice.dialplan import DEFAULT_DIALPLAN, Dialplan
 from inzwa_voice.engines.registry import Engines
-from inzwa_voice.legs import websocket
+from inzwa_voice.legs import audiosocket, twilio, websocket
 from inzwa_voice.safety import Safety, SafetyConfig
 from inzwa_voice.store import CallStore
 
@@ -44,6 +44,8 @@ def build_app(settings: Settings, engines: Engines) -> web.Application:
     openai_routes.add_routes(app)
     admin_calls.add_routes(app)
     websocket.add_routes(app)
+    twilio.add_routes(app)
+    audiosocket.setup(app)
 
     async def call_store(app: web.Application) -> AsyncIterator[None]:
         store = await CallStore.open(settings.db_path)

@@ -120,6 +120,21 @@ class Settings(BaseSettings):
         description="SQLite file of call records (calls, turns, events); its folder is created.",
     )
 
+    # --- Twilio ---
+    twilio_auth_token: str | None = Field(
+        None, description="Twilio auth token: when set, Twilio's routes require a valid X-Twilio-Signature."
+    )
+    twilio_public_url: str | None = Field(
+        None,
+        pattern=r"^https?://",
+        description="Base URL Twilio reaches the gateway at (https://voice.example.org); default: the request's.",
+    )
+
+    # --- Asterisk AudioSocket ---
+    audiosocket_enabled: bool = Field(True, description="Serve Asterisk's AudioSocket protocol over TCP.")
+    audiosocket_host: str = Field("127.0.0.1", description="Address it binds; only Asterisk may reach it.")
+    audiosocket_port: int = Field(9092, ge=0, le=65535, description="AudioSocket TCP port; 0 picks a free one (tests).")
+
     # --- security ---
     api_keys: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="Bearer keys; empty means no authentication."
@@ -146,6 +161,6 @@ def load_settings(**overrides: object) -> Settings:
         lines = []
         for err in exc.errors():
             name = ENV_PREFIX + "_".join(str(part) for part in err["loc"]).upper()
-            shown = "***" if "KEY" in name else repr(err.get("input"))
+            shown = "***" if "KEY" in name or "TOKEN" in name else repr(err.get("input"))
             lines.append(f"invalid setting {name}: {err['msg']} (got {shown})")
         raise SettingsError("\n".join(lines)) from None

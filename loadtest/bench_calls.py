@@ -14,19 +14,14 @@ import argparse
 import asyncio
 import json
 import os
-import socket
-import subprocess
-import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
+from inzwa_voice.simulator.process import gateway_process
 from inzwa_voice.simulator.run import simulate
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+ENGLISH_DIALPLAN = Path(__file__).resolve().parents[1] / "tests" / "dialplans" / "english.yaml"
 
 
 def proc_usage(pid: int) -> dict[str, float]:
@@ -39,30 +34,15 @@ def proc_usage(pid: int) -> dict[str, float]:
     return {"cpu_s": round(cpu, 1), "peak_rss_mb": round(peak_kb / 1024, 1)}
 
 
-def start_gateway(port: int, extra_env: dict[str, str]) -> subprocess.Popen[str]:
-    env = {
-        **os.environ,
-        "INZWA_PORT": str(port),
-        "INZWA_HOST": "127.0.0.1",
-        "INZWA_LANGUAGE": "en",
-        "INZWA_TTS_VOICE": "joe",
-        **extra_env,
-    }
-    cli = Path(sys.executable).with_name("inzwa-voice")
-    proc = subprocess.Popen([str(cli), "serve"], env=env, stderr=subprocess.PIPE, text=True)
-    assert proc.stderr is not None
-    for line in proc.stderr:
-        if line.startswith("{") and json.loads(line).get("msg") == "gateway ready":
-            return proc
-    raise RuntimeError(f"gateway exited with {proc.wait()} before it was ready")
-
-
 async def run(legs: list[str], concurrencies: list[int]) -> dict[str, Any]:
-    port = free_port()
-    proc = start_gateway(port, {"INZWA_LOG_LEVEL": "WARNING"})
-    url = f"http://127.0.0.1:{port}"
     results: dict[str, Any] = {}
-    try:
+    records = tempfile.mkdtemp(prefix="inzwa-bench-")
+    env = {
+        "INZWA_LANGUAGE": "en",
+        "INZWA_DIALPLAN_PATH": str(ENGLISH_DIALPLAN),
+        "INZWA_DB_PATH": os.path.join(records, "calls.db"),
+    }
+    with gateway_process(env) as (url, proc):
         before = proc_usage(proc.pid)
         for leg in legs:
             for n in concurrencies:
@@ -73,9 +53,6 @@ async def run(legs: list[str], concurrencies: list[int]) -> dict[str, Any]:
                 results[f"{leg}_{n}"] = answer
         after = proc_usage(proc.pid)
         results["gateway"] = {"cpu_s": round(after["cpu_s"] - before["cpu_s"], 1), **after}
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
     return results
 
 

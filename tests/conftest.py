@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -55,6 +56,7 @@ async def make_server(
 
     async def start(**overrides: object) -> Server:
         overrides.setdefault("db_path", tmp_path_factory.mktemp("server") / "calls.db")
+        overrides.setdefault("audiosocket_port", 0)
         app = build_app(settings.model_copy(update=overrides), engines)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
@@ -76,6 +78,14 @@ async def make_server(
 @pytest.fixture
 async def server(make_server: ServerFactory) -> Server:
     return await make_server()
+
+
+ENGLISH_DIALPLAN = Path(__file__).parent / "dialplans" / "english.yaml"
+
+
+async def english_server(make_server: ServerFactory, **overrides: object) -> Server:
+    """A gateway whose calls are in English (tests/dialplans/english.yaml), so ASR checks words."""
+    return await make_server(language="en", tts_voice="joe", dialplan_path=ENGLISH_DIALPLAN, **overrides)
 
 
 async def speak(engines: Engines, text: str, *, voice: str = "joe", rate: int = 16000) -> np.ndarray:

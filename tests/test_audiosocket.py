@@ -32,7 +32,7 @@ from inzwa_voice.legs.audiosocket import (
 )
 from inzwa_voice.media.resample import Resampler
 from inzwa_voice.simulator.audiosocket import AudioSocketCaller
-from tests.conftest import Server, ServerFactory, speak
+from tests.conftest import Server, ServerFactory, english_server, speak
 
 QUESTION = "Hello. Where is the nearest clinic?"
 # The UUID of the protocol documentation's examples.
@@ -42,13 +42,12 @@ SAMPLES = np.array([0, 1, -1, 256, -32768, 32767], dtype=np.int16)
 SAMPLE_BYTES = bytes.fromhex("0000 0100 ffff 0001 0080 ff7f")
 
 
+def metric(engines: Engines, name: str, **labels: str) -> float:
+    return engines.metrics.registry.get_sample_value(name, {"leg": "audiosocket", **labels}) or 0.0
+
+
 def errors(engines: Engines, code: str) -> float:
-    value = engines.metrics.registry.get_sample_value("inzwa_call_errors_total", {"leg": "audiosocket", "code": code})
-    return value or 0.0
-
-
-async def english_server(make_server: ServerFactory, **overrides: object) -> Server:
-    return await make_server(language="en", tts_voice="joe", **overrides)
+    return metric(engines, "inzwa_call_errors_total", code=code)
 
 
 def port_of(server: Server) -> int:
@@ -170,9 +169,8 @@ async def test_a_spoken_question_gets_a_spoken_answer(make_server: ServerFactory
         await caller.hang_up()
 
 
-# How late the stop may be heard beyond the 300 ms budget: the first 120 ms of speech must be
-# heard as voiced before a barge-in counts (turn_start_ms), and the pacer's 3 frames of lead
-# (60 ms) had already left; the caller stamps audio with its own clock at 20 ms granularity.
+# The budget counts from the first frame of the interruption, but the synthesized clip opens
+# with ~65 ms of silence that no VAD can hear; the margin covers it (the WebSocket test's too).
 BARGE_IN_MARGIN_MS = 60
 
 
@@ -180,13 +178,15 @@ async def test_barge_in_stops_the_bot_within_300_ms_of_media_time(make_server: S
     server = await english_server(make_server)
     caller = await call(server)
     interruption = await speak(engines, "Stop, stop. I have another question.", rate=8000)
+    barge_ins = metric(engines, "inzwa_barge_ins_total")
     try:
         await caller.heard(400)  # the caller hears 400 ms of the greeting, then talks over it
         started = caller.say(interruption)
         await caller.bot_quiet()
         after = caller.timeline.audio_ms_after(started, caller.rate)
-        print(f"barge-in: {after:.0f} ms of bot audio after the caller started speaking")
         assert after <= 300 + BARGE_IN_MARGIN_MS, f"{after:.0f} ms of bot audio after the caller started speaking"
+        # The bot went quiet because it was interrupted, not because the greeting ended.
+        assert metric(engines, "inzwa_barge_ins_total") == barge_ins + 1
     finally:
         await caller.hang_up()
 
@@ -207,14 +207,13 @@ async def test_dtmf_zero_asks_for_a_human_and_the_gateway_hangs_up(
             transfer_recorded.set()
 
     monkeypatch.setattr(manager, "record_event", record_and_notice)
-    labels = {"leg": "audiosocket", "reason": "dtmf"}
-    before = engines.metrics.registry.get_sample_value("inzwa_transfers_total", labels) or 0.0
+    before = metric(engines, "inzwa_transfers_total", reason="dtmf")
     caller = await call(server)
     try:
         await caller.heard(20)  # the call is up
         await caller.send_dtmf("0")
         await asyncio.wait_for(transfer_recorded.wait(), 30)
-        assert engines.metrics.registry.get_sample_value("inzwa_transfers_total", labels) == before + 1
+        assert metric(engines, "inzwa_transfers_total", reason="dtmf") == before + 1
         # Ending the call on our side sends Asterisk a hangup frame and closes the socket.
         await session_of(server, caller).end("admin_hangup")
         await asyncio.wait_for(caller.wait_closed(), 10)

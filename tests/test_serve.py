@@ -3,41 +3,20 @@
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import sys
 import urllib.request
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from openai import OpenAI
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from inzwa_voice.simulator.process import gateway_process
 
 
 @pytest.fixture(scope="module")
-def gateway() -> Iterator[str]:
-    port = free_port()
-    env = {**os.environ, "INZWA_PORT": str(port), "INZWA_HOST": "127.0.0.1", "INZWA_API_KEYS": "sk-serve"}
-    cli = Path(sys.executable).with_name("inzwa-voice")
-    proc = subprocess.Popen([str(cli), "serve"], env=env, stderr=subprocess.PIPE, text=True)
-    try:
-        assert proc.stderr is not None
-        for line in proc.stderr:  # the gateway logs one JSON line when the port is open
-            if line.startswith("{") and json.loads(line).get("msg") == "gateway ready":
-                break
-        else:
-            raise AssertionError(f"gateway exited with {proc.wait()} before it was ready")
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    env = {"INZWA_API_KEYS": "sk-serve", "INZWA_DB_PATH": str(tmp_path_factory.mktemp("serve") / "calls.db")}
+    with gateway_process(env) as (url, _):
+        yield url
 
 
 def test_serve_answers_health(gateway: str) -> None:

@@ -4,23 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from inzwa_voice.engines.registry import Engines
 from inzwa_voice.simulator.ws import WsCaller
-from tests.conftest import Server, ServerFactory, speak
+from tests.conftest import Server, ServerFactory, english_server, speak
 
 QUESTION = "Hello. Where is the nearest clinic?"
-
-
-ENGLISH_DIALPLAN = Path(__file__).parent / "dialplans" / "english.yaml"
-
-
-async def english_server(make_server: ServerFactory, **overrides: object) -> Server:
-    return await make_server(language="en", tts_voice="joe", dialplan_path=ENGLISH_DIALPLAN, **overrides)
 
 
 async def call(server: Server, **start: object) -> WsCaller:
@@ -201,3 +193,16 @@ async def test_an_operator_can_hang_up_a_live_call(make_server: ServerFactory) -
     async with server.http.post(f"{server.v1}/admin/calls/{call_id}/hangup") as resp:
         assert resp.status == 404
     await caller.hang_up()
+
+
+async def test_a_cough_does_not_interrupt_the_bot(make_server: ServerFactory, engines: Engines) -> None:
+    server = await english_server(make_server)
+    caller = await call(server)
+    cough = (await speak(engines, "Hello there, how are you?"))[1600:2880]  # 80 ms of voice
+    try:
+        await caller.heard(300)
+        caller.say(cough)
+        await caller.wait_for("tts.end")  # the greeting plays to its end
+        assert caller.events("barge_in") == []
+    finally:
+        await caller.hang_up()

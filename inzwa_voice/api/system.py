@@ -12,6 +12,7 @@ from aiohttp import web
 
 from inzwa_voice import __version__
 from inzwa_voice.api.keys import CALLS, ENGINES, GATE, METRICS
+from inzwa_voice.legs.audiosocket import AUDIOSOCKET
 
 OPENAPI_PATH = Path(__file__).resolve().parents[2] / "api" / "openapi.yaml"
 
@@ -29,9 +30,20 @@ async def health(request: web.Request) -> web.Response:
                 "tts": [v.id for v in engines.tts.voices()],
             },
             "active_calls": len(request.app[CALLS].sessions),
+            "legs": legs(request.app),
             "requests_in_flight": request.app[GATE].in_flight,
         }
     )
+
+
+def legs(app: web.Application) -> dict[str, object]:
+    """Where each call leg listens, so operators and the call simulator can find them."""
+    audiosocket = app.get(AUDIOSOCKET)
+    return {
+        "ws": {"path": "/v1/ws"},
+        "twilio": {"webhook": "/v1/twilio/voice", "media": "/v1/twilio/media"},
+        "audiosocket": {"port": audiosocket.port if audiosocket is not None else None},
+    }
 
 
 async def metrics(request: web.Request) -> web.Response:

@@ -59,7 +59,8 @@ class Turn:
     caller_text: str | None = None
     user_added: bool = False
     phrases: list[str] = field(default_factory=list)
-    bounds: dict[int, list[int]] = field(default_factory=dict)  # phrase -> [first frame, end frame]
+    lengths: list[int] = field(default_factory=list)  # each phrase's frames, known before it plays
+    starts: dict[int, int] = field(default_factory=dict)  # phrase -> leg frame index of its first frame
     pending: list[tuple[int, PCM16]] = field(default_factory=list)
     marks: dict[str, float] = field(default_factory=dict)
     info: ReplyInfo = field(default_factory=ReplyInfo)
@@ -73,7 +74,7 @@ class Turn:
             self.marks[stage] = round((moment - self.last_voiced_at) * 1000, 1)
 
     def heard(self, played_frames: int) -> str:
-        spans = [(self.phrases[i], b[0], b[1]) for i, b in sorted(self.bounds.items())]
+        spans = [(self.phrases[i], start, start + self.lengths[i]) for i, start in sorted(self.starts.items())]
         return heard_text(spans, played_frames)
 
 
@@ -169,9 +170,11 @@ class CallSession:
             return
         if say_goodbye and self.profile.goodbye:
             await self._interrupt(record=False)
-            turn = self._start_prompt(self.profile.goodbye, arm_idle=False)
-            with contextlib.suppress(asyncio.CancelledError, TimeoutError):
-                await asyncio.wait_for(turn.played.wait(), 30)
+            goodbye = self._start_prompt(self.profile.goodbye, arm_idle=False).task
+            assert goodbye is not None
+            with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+                async with asyncio.timeout(30):
+                    await asyncio.shield(goodbye)  # played to its end, tts.end included
         self._ending = True
         self.disposition = disposition
         self._max_length.cancel()
@@ -205,7 +208,9 @@ class CallSession:
             events = self._detector.force_endpoint() if frame is None else self._detector.push(frame)
             for event in events:
                 await self._on_turn_event(event)
-            if self._detector.in_speech:
+            # Partials only while the caller is audibly speaking: during the endpoint silence
+            # the cores belong to the final decode and the speculative answer.
+            if self._detector.in_speech and self._detector.voiced:
                 self._frames_since_partial += 1
                 if self._frames_since_partial >= _PARTIAL_EVERY_FRAMES:
                     self._frames_since_partial = 0
@@ -218,6 +223,8 @@ class CallSession:
             if self._reply_active():
                 await self._interrupt(record=True)
         elif event is TurnEvent.PREFETCH:
+            if self._partial_task is not None:
+                self._partial_task.cancel()  # stale now, and it would delay the final decode
             self._start_answer(self._detector.utterance())
         elif event is TurnEvent.RESUMED:
             self._drop_speculation()
@@ -302,18 +309,28 @@ class CallSession:
             await self._request_transfer("safety")
 
     async def _speak(self, turn: Turn, phrase: str) -> None:
-        """Synthesize one phrase and hand its frames to the leg (held until the endpoint)."""
-        index = len(turn.phrases)
-        turn.phrases.append(phrase)
+        """Synthesize one phrase and hand its frames to the leg (held until the endpoint).
+
+        The phrase is synthesized whole before it plays (at RTF ~0.03 that costs a few tens of
+        milliseconds) so its length is known: a barge-in then cuts its words in proportion.
+        """
         framer = Framer(FRAME_SAMPLES)
+        frames: list[PCM16] = []
         stream = self.manager.engines.synthesize(phrase, voice=self.profile.voice, sample_rate=16000)
         async with aclosing(stream):
             async for pcm in stream:
                 turn.mark("tts_first_audio")
-                for frame in framer.push(pcm):
-                    await self._emit(turn, index, frame)
-        for frame in framer.flush(pad=True):
+                frames.extend(framer.push(pcm))
+        frames.extend(framer.flush(pad=True))
+        index = self._add_phrase(turn, phrase, len(frames))
+        for frame in frames:
             await self._emit(turn, index, frame)
+
+    @staticmethod
+    def _add_phrase(turn: Turn, phrase: str, length: int) -> int:
+        turn.phrases.append(phrase)
+        turn.lengths.append(length)
+        return len(turn.phrases) - 1
 
     async def _emit(self, turn: Turn, phrase: int, frame: PCM16) -> None:
         if not turn.committed.is_set():
@@ -328,15 +345,14 @@ class CallSession:
             await self._play(turn, phrase, frame)
 
     async def _play(self, turn: Turn, phrase: int, frame: PCM16) -> None:
-        if phrase not in turn.bounds:
-            turn.bounds[phrase] = [self._queued_frames, self._queued_frames]
+        if phrase not in turn.starts:
+            turn.starts[phrase] = self._queued_frames
             await self.leg.send_event({"type": "llm.partial", "id": turn.id, "text": turn.phrases[phrase]})
             if phrase == 0:
                 await self.leg.send_event({"type": "tts.start", "id": turn.id})
         await self.leg.play(frame)
         self._queued_frames += 1
         turn.frames_played += 1
-        turn.bounds[phrase][1] = self._queued_frames
         turn.mark("first_frame_sent")
 
     async def _complete(self, turn: Turn) -> None:
@@ -384,8 +400,8 @@ class CallSession:
         return turn
 
     async def _prompt(self, turn: Turn, text: str, arm_idle: bool) -> None:
-        turn.phrases.append(text)
         frames = await self.manager.prompt_frames(text, self.profile.voice)
+        self._add_phrase(turn, text, len(frames))
         async with self._out_lock:
             for frame in frames:
                 await self._play(turn, 0, frame)

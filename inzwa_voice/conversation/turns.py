@@ -71,13 +71,18 @@ class TurnDetector:
         self.frames += 1
         self._window = np.concatenate([self._window, frame.astype(np.float32) / 32768.0])
         n = self._vad.frame_samples
+        window_ms = n * 1000 // 16000
         while len(self._window) >= n:
             prob = self._vad.probability(self._window[:n])
             self._window = self._window[n:]
             if prob >= self.settings.threshold:
                 self.voiced = True
+                # Speech start counts windows that are themselves loud, not the hysteresis
+                # hold after them: an 80 ms cough makes two such windows, speech keeps making them.
+                self._voiced_ms += window_ms
             elif prob < self.settings.off_threshold:
                 self.voiced = False
+                self._voiced_ms = 0
         if self.voiced:
             self.last_voiced_frame = self.frames
         return self._advance(frame)
@@ -89,7 +94,6 @@ class TurnDetector:
             self._pre_roll.append(frame)
             if len(self._pre_roll) * FRAME_MS > s.pre_roll_ms + s.start_ms:
                 self._pre_roll.pop(0)
-            self._voiced_ms = self._voiced_ms + FRAME_MS if self.voiced else 0
             if self._voiced_ms >= s.start_ms:
                 self._in_speech, self._silent_ms, self._prefetched = True, 0, False
                 self._utterance = list(self._pre_roll)

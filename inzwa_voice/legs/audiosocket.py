@@ -180,7 +180,10 @@ class AudioSocketLeg:
             return
         self._writer.write(data)
         try:
-            await asyncio.wait_for(self._writer.drain(), WRITE_TIMEOUT_S)
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation that
+            # lands as the drain completes, and the pacer's task would then never stop.
+            async with asyncio.timeout(WRITE_TIMEOUT_S):
+                await self._writer.drain()
         except TimeoutError:
             self._on_error("write_timeout")
             self._writer.transport.abort()  # the read loop sees the connection drop
@@ -225,7 +228,8 @@ class AudioSocketLeg:
         await self._final(HANGUP_FRAME)
         self._writer.close()
         with contextlib.suppress(ConnectionError, TimeoutError):
-            await asyncio.wait_for(self._writer.wait_closed(), WRITE_TIMEOUT_S)
+            async with asyncio.timeout(WRITE_TIMEOUT_S):
+                await self._writer.wait_closed()
 
 
 class AudioSocketServer:
@@ -316,6 +320,7 @@ class AudioSocketServer:
             await leg.fail(ErrorCode.UNAVAILABLE)
             return None
         leg.session = session
+        log.info("audiosocket call", extra={"call_id": session.id, "uuid": str(call_uuid)})
         return session
 
     async def _run_call(self, reader: asyncio.StreamReader, leg: AudioSocketLeg, session: CallSession) -> None:
@@ -332,6 +337,7 @@ class AudioSocketServer:
         """Feed the peer's frames to the session until the call ends; returns the disposition."""
         resampler = Resampler(SAMPLE_RATE, 16000)
         framer = Framer(FRAME_SAMPLES)
+        unknown: set[int] = set()
         while True:
             try:
                 async with asyncio.timeout(self.idle_timeout_s):
@@ -372,6 +378,9 @@ class AudioSocketServer:
                 self._error("repeated_uuid")
             else:
                 self._error("unknown_kind")
+                if frame.kind not in unknown:  # e.g. 0x11+ audio from a Dial(...c(slin16)): say so once
+                    unknown.add(frame.kind)
+                    log.warning("audiosocket frame kind skipped", extra={"call_id": session.id, "kind": frame.kind})
 
 
 AUDIOSOCKET = web.AppKey("audiosocket", AudioSocketServer)

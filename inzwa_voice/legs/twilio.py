@@ -38,7 +38,8 @@ audio), ``bad_dtmf``, ``unknown_mark`` (an echo of a mark we never sent) and
 ``connected`` then ``start`` is fatal. Close codes:
 
 * 1000: the call ended (the caller's ``stop``, or our hang-up; the reason is the disposition);
-* 1009: a message over 64 KiB (``message_too_big``);
+* 1009: a message over 64 KiB (``message_too_big``; any other transport failure ends the call
+  as ``transport_error``);
 * 1013: the gateway is at its call limit or draining (``overloaded``, ``draining``);
 * 4400: the stream broke the protocol before the call started: ``not_started`` (another event
   first, or closed first), ``start_timeout`` (no ``start`` within 10 s), ``bad_start`` (no
@@ -49,7 +50,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import binascii
 import contextlib
 import hashlib
 import hmac
@@ -61,7 +61,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 from xml.etree import ElementTree
 
-from aiohttp import WSCloseCode, WSMsgType, web
+from aiohttp import WSCloseCode, WSMessage, WSMsgType, web
 
 from inzwa_voice.api.keys import CALLS, METRICS, SETTINGS
 from inzwa_voice.conversation.calls import CallRejected
@@ -128,12 +128,12 @@ def _public_base(request: web.Request, *, websocket: bool) -> str:
     return base
 
 
-def _authenticate(request: web.Request, params: Iterable[tuple[str, str]] = ()) -> None:
+def _authenticate(request: web.Request, *, websocket: bool, params: Iterable[tuple[str, str]] = ()) -> None:
     """Raise 403 unless ``X-Twilio-Signature`` signs this request with our auth token."""
     token = request.app[SETTINGS].twilio_auth_token
     if not token:
         return
-    url = _public_base(request, websocket=request.path == MEDIA_PATH) + request.raw_path
+    url = _public_base(request, websocket=websocket) + request.raw_path
     presented = request.headers.get("X-Twilio-Signature", "").encode()
     if not hmac.compare_digest(presented, signature(token, url, params).encode()):
         request.app[METRICS].call_errors.labels("twilio", "invalid_signature").inc()
@@ -155,7 +155,7 @@ async def voice_webhook(request: web.Request) -> web.Response:
         )
     form = await request.post()
     fields = {name: value for name, value in form.items() if isinstance(value, str)}
-    _authenticate(request, fields.items())
+    _authenticate(request, websocket=False, params=fields.items())
     parameters = {
         "from": fields.get("From", "")[:64],
         "to": fields.get("To", "")[:64],
@@ -212,17 +212,19 @@ class TwilioLeg:
             mark.heard = None
         self._sent = self._acknowledged
         self._since_mark = 0
-        orphans = [name for _, name in self._waiting]
+        # The session's marks behind the dropped frames follow the clear, so Twilio echoes them at once.
+        messages = [{"event": "clear", "streamSid": self.stream_sid}]
+        messages += [self._mark_message(name, heard=False) for _, name in self._waiting]
         self._waiting.clear()
         if not self._closed:
-            self._clearing = asyncio.ensure_future(self._clear(self._clearing, orphans))
+            self._clearing = asyncio.ensure_future(self._clear(self._clearing, messages))
         return dropped
 
     async def mark(self, name: str) -> None:
         if self._pacer.queued:
             self._waiting.append((self._last_seq, name))
         else:
-            await self._send_mark(name)
+            await self._send(self._mark_message(name))
 
     def echoed(self, name: str) -> bool:
         """Twilio echoed mark ``name``; False when it is none of ours."""
@@ -253,31 +255,29 @@ class TwilioLeg:
         session_marks = False
         while self._waiting and self._waiting[0][0] <= frame.seq:
             session_marks = True
-            await self._send_mark(self._waiting.popleft()[1])
+            await self._send(self._mark_message(self._waiting.popleft()[1]))
         if not session_marks and (self._since_mark >= MARK_EVERY_FRAMES or not self._pacer.queued):
-            await self._send_mark(None)
+            await self._send(self._mark_message(None))
 
-    async def _send_mark(self, session_name: str | None, *, heard: bool = True) -> None:
+    def _mark_message(self, session_name: str | None, *, heard: bool = True) -> dict[str, Any]:
+        """A new mark after the frames sent so far; ``heard=False`` when a clear dropped them."""
         self._mark_count += 1
         name = f"{MARK_PREFIX}{self._mark_count}"
         self._marks[name] = _Mark(self._sent if heard else None, session_name)
         self._since_mark = 0
-        await self._send({"event": "mark", "streamSid": self.stream_sid, "mark": {"name": name}})
+        return {"event": "mark", "streamSid": self.stream_sid, "mark": {"name": name}}
 
-    async def _clear(self, previous: asyncio.Task[None] | None, orphans: list[str]) -> None:
-        """Send ``clear``, then the marks whose audio it dropped, so Twilio echoes them at once."""
+    async def _clear(self, previous: asyncio.Task[None] | None, messages: list[dict[str, Any]]) -> None:
         if previous is not None:
             await asyncio.wait({previous})
         with contextlib.suppress(ConnectionError):
-            await self._write({"event": "clear", "streamSid": self.stream_sid})
-            for name in orphans:
-                await self._send_mark(name, heard=False)
+            for message in messages:
+                await self._write(message)
 
     async def _send(self, message: dict[str, Any]) -> None:
         # flush() is synchronous and leaves its clear to a task: nothing may overtake it.
-        clearing = self._clearing
-        if clearing is not None and clearing is not asyncio.current_task() and not clearing.done():
-            await asyncio.wait({clearing})
+        if self._clearing is not None and not self._clearing.done():
+            await asyncio.wait({self._clearing})
         await self._write(message)
 
     async def _write(self, message: dict[str, Any]) -> None:
@@ -291,7 +291,7 @@ class _Start:
     info: CallInfo
 
 
-def _json_object(msg: Any) -> dict[str, Any] | None:
+def _json_object(msg: WSMessage) -> dict[str, Any] | None:
     if msg.type != WSMsgType.TEXT:
         return None
     try:
@@ -312,12 +312,10 @@ def _parse_start(data: dict[str, Any]) -> _Start:
     if not isinstance(media_format, dict) or any(media_format.get(k) != v for k, v in MEDIA_FORMAT.items()):
         raise ProtocolError("unsupported_media_format", f"mediaFormat must be {MEDIA_FORMAT}")
     custom = start.get("customParameters")
-    params = {
-        str(name)[:64]: str(value)[:256]
-        for name, value in (custom.items() if isinstance(custom, dict) else ())
-        if isinstance(value, str)
-    }
-    params = dict(list(params.items())[:MAX_PARAMETERS])
+    params: dict[str, str] = {}
+    for name, value in custom.items() if isinstance(custom, dict) else ():
+        if isinstance(value, str) and len(params) < MAX_PARAMETERS:
+            params[str(name)[:64]] = value[:256]
     call_sid = start.get("callSid")
     info = CallInfo(
         leg="twilio",
@@ -326,7 +324,7 @@ def _parse_start(data: dict[str, Any]) -> _Start:
         external_id=(call_sid if isinstance(call_sid, str) else params.get("callSid", ""))[:64],
         params=params,
     )
-    return _Start(stream_sid[:64], info)
+    return _Start(stream_sid, info)
 
 
 async def _receive_start(ws: web.WebSocketResponse) -> _Start:
@@ -347,7 +345,7 @@ async def _receive_start(ws: web.WebSocketResponse) -> _Start:
 
 
 async def media_stream(request: web.Request) -> web.WebSocketResponse:
-    _authenticate(request)
+    _authenticate(request, websocket=True)
     ws = web.WebSocketResponse(heartbeat=HEARTBEAT_S, max_msg_size=MAX_MESSAGE_BYTES)
     await ws.prepare(request)
     calls = request.app[CALLS]
@@ -433,7 +431,7 @@ def _media_payload(data: dict[str, Any]) -> bytes | None:
         return None
     try:
         return base64.b64decode(payload, validate=True) or None
-    except (binascii.Error, ValueError):
+    except ValueError:  # binascii.Error: not base64
         return None
 
 

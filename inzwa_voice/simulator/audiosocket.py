@@ -7,7 +7,7 @@ whose bytes the golden tests pin, so the two sides cannot drift apart unnoticed.
 
 AudioSocket carries no events, so the caller reports what the wire shows: ``hangup`` and
 ``error`` frames become events, and the end of the greeting (or of any bot turn) is the moment
-bot audio has flowed and then stopped for :data:`QUIET_S`: the leg paces its audio in real
+bot audio has flowed and then stopped for ``caller.QUIET_S``: the leg paces its audio in real
 time, so a pause in frames is a pause in speech.
 """
 
@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import uuid
 from collections import Counter
-from typing import Any, Final
+from typing import Any
 
 import numpy as np
 
@@ -33,19 +33,17 @@ from inzwa_voice.legs.audiosocket import (
 from inzwa_voice.media.framing import pcm16_to_bytes
 from inzwa_voice.simulator.caller import Caller
 
-QUIET_S: Final = 0.4
-"""Silence after bot audio that counts as the end of a bot turn."""
-
 
 class AudioSocketCaller(Caller):
+    barge_in_event = None  # AudioSocket carries no events: a barge-in shows as the bot going quiet
+    stage_metrics = False
+
     def __init__(self, host: str, port: int) -> None:
         super().__init__(SAMPLE_RATE)
         self._address = (host, port)
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
         self._receiver: asyncio.Task[None] | None = None
-        self._quiet = asyncio.Event()
-        self._quiet_timer: asyncio.TimerHandle | None = None
         self.uuid = uuid.uuid4()
         self.frame_sizes: Counter[int] = Counter()
         """Audio payload sizes received from the gateway, and how often each came."""
@@ -84,7 +82,6 @@ class AudioSocketCaller(Caller):
             while True:
                 frame = await read_frame(self._reader)
                 if frame.kind == Kind.AUDIO:
-                    self._bot_spoke()
                     self.frame_sizes[len(frame.payload)] += 1
                     self.on_audio(np.frombuffer(frame.payload, dtype="<i2").astype(np.int16))
                 elif frame.kind == Kind.HANGUP:
@@ -98,20 +95,7 @@ class AudioSocketCaller(Caller):
         except (asyncio.IncompleteReadError, ConnectionError):
             pass  # closed without a hangup frame, which the protocol allows
         finally:
-            if self._quiet_timer is not None:
-                self._quiet_timer.cancel()
             self.closed.set()
-
-    def _bot_spoke(self) -> None:
-        self._quiet.clear()
-        if self._quiet_timer is not None:
-            self._quiet_timer.cancel()
-        self._quiet_timer = asyncio.get_running_loop().call_later(QUIET_S, self._quiet.set)
-
-    async def bot_quiet(self, timeout: float = 60.0) -> None:
-        """Wait until bot audio has flowed and then stopped for :data:`QUIET_S`."""
-        async with asyncio.timeout(timeout):
-            await self._quiet.wait()
 
     async def greeting_done(self) -> None:
         await self.bot_quiet()

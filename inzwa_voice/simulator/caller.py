@@ -21,6 +21,7 @@ import numpy as np
 from inzwa_voice.engines.base import PCM16
 
 FRAME_MS = 20
+QUIET_S = 0.4  # no bot audio for this long after some: the bot has stopped talking
 
 
 @dataclass
@@ -45,6 +46,11 @@ class Timeline:
 class Caller:
     """The transport-independent half: pacing the caller's audio and keeping the timeline."""
 
+    # How the leg shows that the bot stopped for a barge-in, and whether it reports the
+    # gateway's per-stage turn latency (only legs that carry events do).
+    barge_in_event: str | None = "barge_in"
+    stage_metrics = True
+
     def __init__(self, rate: int) -> None:
         self.rate = rate
         self.frame_samples = rate * FRAME_MS // 1000
@@ -55,6 +61,8 @@ class Caller:
         self._event_waiters: list[tuple[str, asyncio.Future[dict[str, Any]]]] = []
         self._sender: asyncio.Task[None] | None = None
         self._audio_waiters: list[tuple[int, asyncio.Future[None]]] = []
+        self._quiet = asyncio.Event()
+        self._quiet_timer: asyncio.TimerHandle | None = None
         self._idle = asyncio.Event()
         self._started = 0.0
         self.closed = asyncio.Event()
@@ -111,11 +119,25 @@ class Caller:
     def on_audio(self, pcm: PCM16) -> None:
         self.timeline.audio.append(Received(self.media_ms, len(pcm)))
         self._bot_audio.append(pcm)
+        if len(pcm):
+            self._bot_spoke()
         received = sum(len(p) for p in self._bot_audio)
         for waiter in list(self._audio_waiters):
             if received >= waiter[0] and not waiter[1].done():
                 waiter[1].set_result(None)
                 self._audio_waiters.remove(waiter)
+
+    def _bot_spoke(self) -> None:
+        self._quiet.clear()
+        if self._quiet_timer is not None:
+            self._quiet_timer.cancel()
+        self._quiet_timer = asyncio.get_running_loop().call_later(QUIET_S, self._quiet.set)
+
+    async def bot_quiet(self, timeout: float = 60.0) -> None:
+        """Wait until bot audio has flowed and then stopped for ``QUIET_S`` (for legs without
+        events, this is how a caller knows the bot finished or stopped for a barge-in)."""
+        async with asyncio.timeout(timeout):
+            await self._quiet.wait()
 
     async def heard(self, ms: int, timeout: float = 60.0) -> None:
         """Wait until ``ms`` of bot audio has arrived since the last ``clear_bot_audio``."""
@@ -150,6 +172,8 @@ class Caller:
 
     async def stop_sending(self) -> None:
         self.closed.set()
+        if self._quiet_timer is not None:
+            self._quiet_timer.cancel()
         if self._sender is not None:
             self._sender.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import statistics
 import time
+import urllib.parse
 import wave
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,7 +24,9 @@ import numpy as np
 import soxr
 
 from inzwa_voice.engines.base import PCM16
+from inzwa_voice.simulator.audiosocket import AudioSocketCaller
 from inzwa_voice.simulator.caller import FRAME_MS, Caller
+from inzwa_voice.simulator.twilio import twilio_caller
 from inzwa_voice.simulator.ws import WsCaller
 
 QUESTIONS = [
@@ -34,14 +37,20 @@ QUESTIONS = [
 ]
 INTERRUPTION = "Wait, stop. I have another question."
 
-CallerFactory = Callable[[aiohttp.ClientSession, str], Caller]
+# A caller for the gateway at a base URL, given an HTTP session and the gateway's /health.
+CallerFactory = Callable[[aiohttp.ClientSession, str, dict[str, Any]], Caller]
 
 
-def ws_caller(http: aiohttp.ClientSession, base_url: str) -> Caller:
+def ws_caller(http: aiohttp.ClientSession, base_url: str, health: dict[str, Any]) -> Caller:
     return WsCaller(http, base_url.replace("http", "ws", 1) + "/v1/ws")
 
 
-LEGS: dict[str, CallerFactory] = {"ws": ws_caller}
+def audiosocket_caller(http: aiohttp.ClientSession, base_url: str, health: dict[str, Any]) -> Caller:
+    host = urllib.parse.urlsplit(base_url).hostname or "127.0.0.1"
+    return AudioSocketCaller(host, int(health["legs"]["audiosocket"]["port"]))
+
+
+LEGS: dict[str, CallerFactory] = {"ws": ws_caller, "twilio": twilio_caller, "audiosocket": audiosocket_caller}
 
 
 @dataclass
@@ -77,19 +86,20 @@ def first_audio_after(caller: Caller, media_ms: int) -> float | None:
 async def one_call(
     http: aiohttp.ClientSession,
     base_url: str,
+    health: dict[str, Any],
     factory: CallerFactory,
     question: PCM16,
     interruption: PCM16 | None,
     barge_in_after_ms: int,
 ) -> CallResult:
     result = CallResult()
-    caller = factory(http, base_url)
+    caller = factory(http, base_url, health)
     try:
         await caller.connect()
         await caller.greeting_done()
         start = caller.say(question)
         end_of_speech = start + len(question) * 1000 // caller.rate
-        metrics = asyncio.ensure_future(caller.wait_for("turn.metrics", timeout=120))
+        stages = asyncio.ensure_future(caller.wait_for("turn.metrics", timeout=120)) if caller.stage_metrics else None
         caller.clear_bot_audio()
         await caller.heard(max(FRAME_MS, barge_in_after_ms if interruption is not None else 500), timeout=120)
         latency = first_audio_after(caller, end_of_speech)
@@ -97,11 +107,15 @@ async def one_call(
             result.latency_ms.append(latency)
         if interruption is not None:
             barge_start = caller.say(interruption)
-            await caller.wait_for("barge_in", timeout=30)
+            if caller.barge_in_event is None:
+                await caller.bot_quiet(timeout=30)
+            else:
+                await caller.wait_for(caller.barge_in_event, timeout=30)
             result.barge_in_stop_ms = caller.timeline.audio_ms_after(barge_start, caller.rate)
-        else:
-            result.stages.append(dict((await metrics)["latency_ms"]))
-        metrics.cancel()
+        elif stages is not None:
+            result.stages.append(dict((await stages)["latency_ms"]))
+        if stages is not None:
+            stages.cancel()
     except (TimeoutError, aiohttp.ClientError, ConnectionError) as exc:
         result.error = f"{type(exc).__name__}: {exc}"
     finally:
@@ -144,7 +158,9 @@ async def simulate(
     """Run ``calls`` concurrent calls over ``leg`` and return the JSON summary."""
     factory = LEGS[leg]
     async with aiohttp.ClientSession() as http:
-        rate = factory(http, base_url).rate
+        async with http.get(base_url + "/health") as resp:
+            health = await resp.json()
+        rate = factory(http, base_url, health).rate
         if wav is not None:
             questions = [read_wav(wav, rate)]
         else:
@@ -153,7 +169,9 @@ async def simulate(
         started = time.perf_counter()
         results = await asyncio.gather(
             *(
-                one_call(http, base_url, factory, questions[i % len(questions)], interruption, barge_in_after_ms or 0)
+                one_call(
+                    http, base_url, health, factory, questions[i % len(questions)], interruption, barge_in_after_ms or 0
+                )
                 for i in range(calls)
             )
         )

@@ -9,10 +9,13 @@ With an auth token it signs the upgrade with ``X-Twilio-Signature`` as Twilio do
 Like Twilio, it plays what the gateway sends from a playout buffer in real time, echoes each
 ``mark`` once the audio sent before it has played, and on ``clear`` drops the buffer and echoes
 every pending mark at once. The playout clock is the caller's media clock: one 20 ms frame of
-the buffer plays each time the caller sends one. Bot audio goes to ``on_audio`` when it is
-received (an upper bound of what the caller hears); our ``mark`` and ``clear`` messages are
-reported through ``on_event`` as ``{"type": "mark" | "clear", ...}``, and anything Twilio
-would reject as ``{"type": "violation", "message": ...}``.
+the buffer plays each time the caller sends one, and audio becomes playable
+``playout_delay_ms`` after it arrived (Twilio's jitter buffer, whose depth is not documented:
+tests choose it). Bot audio goes to ``on_audio`` when it is received (an upper bound of what
+the caller hears); our ``mark`` and ``clear`` messages are reported through ``on_event`` as
+``{"type": "mark", "name"}`` and ``{"type": "clear", "played_ms"}`` (the bot audio played
+before the clear dropped the rest), and anything Twilio would reject as ``{"type":
+"violation", "message"}``.
 """
 
 from __future__ import annotations
@@ -30,10 +33,7 @@ import aiohttp
 from inzwa_voice.engines.base import PCM16
 from inzwa_voice.legs.twilio import MEDIA_FORMAT, MEDIA_PATH, SAMPLE_RATE, signature
 from inzwa_voice.media.g711 import ulaw_decode, ulaw_encode
-from inzwa_voice.simulator.caller import Caller
-
-QUIET_S = 0.4
-"""Silence after bot audio that counts as the bot having finished speaking."""
+from inzwa_voice.simulator.caller import FRAME_MS, Caller
 
 
 def _sid(prefix: str) -> str:
@@ -98,8 +98,20 @@ def stop_message(sequence: int, stream_sid: str, account_sid: str, call_sid: str
     }
 
 
+def _payload(media: Any) -> bytes | None:
+    """The audio of a ``media`` body, or None where Twilio would reject it."""
+    payload = media.get("payload") if isinstance(media, dict) else None
+    try:
+        return base64.b64decode(payload, validate=True) if isinstance(payload, str) else None
+    except ValueError:  # binascii.Error
+        return None
+
+
 class TwilioCaller(Caller):
     """One call as Twilio places it; ``url`` is the gateway's ``ws://.../v1/twilio/media``."""
+
+    barge_in_event = "clear"
+    stage_metrics = False
 
     def __init__(
         self,
@@ -109,6 +121,7 @@ class TwilioCaller(Caller):
         caller: str = "+263771000001",
         dialled: str = "",
         auth_token: str | None = None,
+        playout_delay_ms: int = 0,
     ) -> None:
         super().__init__(SAMPLE_RATE)
         self._http = http
@@ -124,12 +137,12 @@ class TwilioCaller(Caller):
         self._ws: aiohttp.ClientWebSocketResponse | None = None
         self._reader: asyncio.Task[None] | None = None
         self._sequence = 0
+        self._delay_frames = playout_delay_ms // FRAME_MS
         self._received = 0  # bot samples received since the call began
+        self._arrivals: deque[tuple[int, int]] = deque()  # (caller frame it plays from, samples received)
+        self._playable = 0  # of which out of the jitter buffer
         self._played = 0  # of which played (or dropped by a clear)
         self._marks: deque[tuple[int, str]] = deque()  # (samples received before it, name)
-        self._last_audio_at: float | None = None
-        self._silence: asyncio.Future[None] | None = None
-        self._silence_timer: asyncio.TimerHandle | None = None
 
     async def connect(self, **parameters: str) -> dict[str, Any]:
         """Open the stream and start the caller's audio; returns the ``start`` message sent.
@@ -174,17 +187,23 @@ class TwilioCaller(Caller):
 
     async def _play_out(self, samples: int) -> None:
         """One tick of the playout clock: play ``samples``, echo the marks whose audio has played."""
-        self._played = min(self._received, self._played + samples)
+        while self._arrivals and self._arrivals[0][0] <= self.sent_frames:
+            self._playable = self._arrivals.popleft()[1]
+        self._played = min(self._playable, self._played + samples)
         while self._marks and self._marks[0][0] <= self._played:
             await self.send_json(mark_message(self._next(), self.stream_sid, self._marks.popleft()[1]))
 
     async def _read(self) -> None:
         assert self._ws is not None
         async for msg in self._ws:
-            if msg.type != aiohttp.WSMsgType.TEXT:
+            try:
+                message = json.loads(msg.data) if msg.type == aiohttp.WSMsgType.TEXT else None
+            except ValueError:
+                message = None
+            if isinstance(message, dict):
+                await self._receive(message)
+            else:
                 self.on_event({"type": "violation", "message": repr(msg.data)[:200]})
-                continue
-            await self._receive(json.loads(msg.data))
         self.close_code = self._ws.close_code
         self.closed.set()
 
@@ -194,52 +213,28 @@ class TwilioCaller(Caller):
         body = message.get(str(event))
         if message.get("streamSid") != self.stream_sid or event not in ("media", "mark", "clear"):
             self.on_event({"type": "violation", "message": message})
-        elif event == "media" and isinstance(body, dict) and isinstance(body.get("payload"), str):
-            audio = base64.b64decode(body["payload"], validate=True)
+        elif event == "media" and (audio := _payload(body)) is not None:
             self._received += len(audio)
+            self._arrivals.append((self.sent_frames + self._delay_frames, self._received))
             self.on_audio(ulaw_decode(audio))
-            self._last_audio_at = asyncio.get_running_loop().time()
-            self._arm_silence()
         elif event == "mark" and isinstance(body, dict) and isinstance(body.get("name"), str):
             self._marks.append((self._received, body["name"]))
             self.on_event({"type": "mark", "name": body["name"]})
         elif event == "clear":
-            self._played = self._received
-            self.on_event({"type": "clear"})
+            self.on_event({"type": "clear", "played_ms": self._played * 1000 // self.rate})
+            self._arrivals.clear()
+            self._played = self._playable = self._received
             await self._play_out(0)
         else:
             self.on_event({"type": "violation", "message": message})
 
-    async def bot_silent(self, timeout: float = 60.0) -> None:
-        """Wait until the bot has spoken and then sent no audio for ``QUIET_S``."""
-        self._silence = asyncio.get_running_loop().create_future()
-        self._arm_silence()
-        async with asyncio.timeout(timeout):
-            await self._silence
-
-    def _arm_silence(self) -> None:
-        """(Re)start the silence timer from the last audio received; every media message resets it."""
-        if self._silence is None or self._silence.done() or self._last_audio_at is None:
-            return
-        if self._silence_timer is not None:
-            self._silence_timer.cancel()
-        loop = asyncio.get_running_loop()
-        delay = max(0.0, self._last_audio_at + QUIET_S - loop.time())
-        self._silence_timer = loop.call_later(delay, self._silence_over)
-
-    def _silence_over(self) -> None:
-        if self._silence is not None and not self._silence.done():
-            self._silence.set_result(None)
-
     async def greeting_done(self) -> None:
         """Media Streams carry no events: the greeting is done when the bot falls silent."""
-        await self.bot_silent()
+        await self.bot_quiet()
 
     async def hang_up(self) -> None:
         """Like Twilio when the caller hangs up: ``stop``, then close the socket."""
         await self.stop_sending()
-        if self._silence_timer is not None:
-            self._silence_timer.cancel()
         if self._ws is None:
             return
         await self.send_json(stop_message(self._next(), self.stream_sid, self.account_sid, self.call_sid))
@@ -255,6 +250,6 @@ class TwilioCaller(Caller):
         return self.close_code
 
 
-def twilio_caller(http: aiohttp.ClientSession, base_url: str) -> Caller:
+def twilio_caller(http: aiohttp.ClientSession, base_url: str, health: dict[str, Any]) -> Caller:
     """The ``simulator.run`` factory: a Twilio caller for the gateway at ``base_url``."""
     return TwilioCaller(http, base_url.replace("http", "ws", 1) + MEDIA_PATH)

@@ -1,0 +1,49 @@
+"""A gateway as a separate process, for end-to-end tests and benchmarks: ``inzwa-voice serve``
+exactly as an operator starts it, ready when it says so, stopped when done.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextmanager
+def gateway_process(env: dict[str, str] | None = None) -> Iterator[tuple[str, subprocess.Popen[str]]]:
+    """Start ``inzwa-voice serve`` on a free loopback port; yield its URL and process."""
+    port = free_port()
+    full_env = {
+        **os.environ,
+        "INZWA_HOST": "127.0.0.1",
+        "INZWA_PORT": str(port),
+        "INZWA_AUDIOSOCKET_PORT": "0",
+        **(env or {}),
+    }
+    cli = Path(sys.executable).with_name("inzwa-voice")
+    proc = subprocess.Popen([str(cli), "serve"], env=full_env, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stderr is not None
+        for line in proc.stderr:  # the gateway logs one JSON line once its port is open
+            if line.startswith("{") and json.loads(line).get("msg") == "gateway ready":
+                break
+        else:
+            raise RuntimeError(f"the gateway exited with {proc.wait()} before it was ready")
+        # Keep draining its log, or a full pipe would block the gateway.
+        threading.Thread(target=proc.stderr.read, daemon=True).start()
+        yield f"http://127.0.0.1:{port}", proc
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
