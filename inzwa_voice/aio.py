@@ -54,22 +54,24 @@ async def iterate_in_thread(
     def work() -> None:
         gen = factory(stop)
         try:
-            for item in gen:
-                if stop.is_set():
-                    break
-                put(item)
-        except Cancelled:
-            pass
-        except BaseException as exc:
-            if not stop.is_set():
-                put(exc)
+            try:
+                for item in gen:
+                    if stop.is_set():
+                        return
+                    put(item)
+            except Cancelled:
                 return
-        finally:
-            close = getattr(gen, "close", None)
-            if close is not None:
-                close()
-        if not stop.is_set():
+            except BaseException as exc:
+                if not stop.is_set():
+                    put(exc)
+                return
+            finally:
+                close = getattr(gen, "close", None)
+                if close is not None:
+                    close()
             put(_DONE)
+        except Cancelled:
+            pass  # the consumer left while we were handing over the last item
 
     loop.run_in_executor(executor, work)
     try:

@@ -24,12 +24,12 @@ from inzwa_voice.legs.audiosocket import (
     ErrorCode,
     Frame,
     Kind,
-    ProtocolError,
     encode_audio,
     encode_frame,
     error_frame,
     read_frame,
 )
+from inzwa_voice.legs.base import ProtocolError
 from inzwa_voice.media.resample import Resampler
 from inzwa_voice.simulator.audiosocket import AudioSocketCaller
 from tests.conftest import Server, ServerFactory, english_server, speak

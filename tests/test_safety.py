@@ -376,8 +376,8 @@ async def test_a_single_huge_word_is_cut_at_the_cap(safety: Safety) -> None:
 
 
 async def test_markup_is_stripped_before_checking_and_speaking(safety: Safety) -> None:
-    chunks, _ = await run(safety, Upstream(words("**Hello** <b>there</b>, `friend`.")))
-    assert chunks == ["Hello there, friend."]
+    chunks, _ = await run(safety, Upstream(words("**Hello** <b>there</b> `friend`.")))
+    assert chunks == ["Hello there friend."]
     chunks, events = await run(safety, Upstream(words("You should *kill* <i>yourself</i>.")))
     assert chunks == [safety.refusal("en")]
     assert events == [("blocked", "self_harm_encouragement")]
@@ -450,3 +450,14 @@ def test_a_missing_data_file_is_named(data_copy: Path) -> None:
     (data_copy / "templates.yaml").unlink()
     with pytest.raises(SafetyDataError, match=r"templates\.yaml: cannot read"):
         Safety.load(data_copy, config=SafetyConfig(HELPLINE))
+
+
+async def test_the_first_phrase_may_end_at_a_comma_so_speech_starts_sooner(safety: Safety) -> None:
+    text = "Yes, I can help you with that, of course. Tell me where you live, and what happened."
+    chunks, _ = await run(safety, Upstream(words(text)))
+    # "Yes, " is too short to speak alone; the first clause of 20+ characters is.
+    assert chunks == [
+        "Yes, I can help you with that, ",
+        "of course. ",
+        "Tell me where you live, and what happened.",
+    ]

@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 LATENCY_STAGES = ("endpoint", "asr_final", "llm_first_token", "first_phrase", "tts_first_audio", "first_frame_sent")
 _INBOUND_FRAMES = 250  # 5 s of audio; beyond it the oldest frames are dropped
 _PENDING_FRAMES = 500  # 10 s of speculative answer audio held before the endpoint
-_PARTIAL_EVERY_FRAMES = 30  # re-decode the growing utterance every 600 ms of speech
+_PARTIAL_EVERY_FRAMES = 50  # re-decode the growing utterance every second of voiced speech
 _STAGE_TIMEOUT_S = 15.0
 
 
@@ -235,8 +235,10 @@ class CallSession:
             self._commit()
 
     def _maybe_partial(self) -> None:
-        if self._partial_task is not None and not self._partial_task.done():
-            return  # one partial decode at a time: never queue ASR work behind itself
+        # Partials are a courtesy; final transcripts are the answer's critical path. A decode
+        # already running (this call's or another's) means the cores are taken: skip this one.
+        if self.manager.engines.asr_in_flight:
+            return
         self._partial_task = self._spawn(self._partial(self._detector.utterance()))
 
     async def _partial(self, audio: PCM16) -> None:

@@ -58,6 +58,7 @@ class Engines:
     catalog: list[ModelInfo]
     load_seconds: float
     loaded_at: int
+    asr_in_flight: int = 0  # decodes running now; partial transcripts yield to them
 
     @classmethod
     def load(cls, settings: Settings, metrics: Metrics) -> Engines:
@@ -139,9 +140,13 @@ class Engines:
     # --- ASR ---
     async def transcribe(self, audio: Float32, *, language: str | None = None, prompt: str | None = None) -> Transcript:
         started = time.perf_counter()
-        result = await asyncio.get_running_loop().run_in_executor(
-            self.executor, lambda: self.asr.transcribe(audio, language=language, prompt=prompt)
-        )
+        self.asr_in_flight += 1
+        try:
+            result = await asyncio.get_running_loop().run_in_executor(
+                self.executor, lambda: self.asr.transcribe(audio, language=language, prompt=prompt)
+            )
+        finally:
+            self.asr_in_flight -= 1
         elapsed = time.perf_counter() - started
         self.metrics.inference_seconds.labels("asr", "transcribe").observe(elapsed)
         seconds = len(audio) / self.asr.sample_rate

@@ -38,10 +38,9 @@ from inzwa_voice.api.keys import CALLS, SETTINGS
 from inzwa_voice.conversation.calls import CallManager, CallRejected
 from inzwa_voice.conversation.session import CallSession
 from inzwa_voice.engines.base import PCM16
-from inzwa_voice.legs.base import CallInfo, LegKind
-from inzwa_voice.legs.paced import PacedOutput
-from inzwa_voice.media.framing import FRAME_MS, FRAME_SAMPLES, Framer, bytes_to_pcm16, pcm16_to_bytes
-from inzwa_voice.media.resample import Resampler
+from inzwa_voice.legs.base import CallInfo, LegKind, ProtocolError
+from inzwa_voice.legs.paced import CallerAudio, PacedLeg, PacedOutput
+from inzwa_voice.media.framing import FRAME_MS, Framer, bytes_to_pcm16, pcm16_to_bytes
 
 log = logging.getLogger(__name__)
 
@@ -95,14 +94,6 @@ _LENGTHS: Final[dict[int, tuple[int, int]]] = {
 }
 
 
-class ProtocolError(Exception):
-    """The peer sent something the protocol does not allow; ``code`` labels the metric."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-
-
 @dataclass(frozen=True, slots=True)
 class Frame:
     kind: int
@@ -148,7 +139,7 @@ async def read_frame(reader: asyncio.StreamReader) -> Frame:
     return Frame(kind, payload)
 
 
-class AudioSocketLeg:
+class AudioSocketLeg(PacedLeg):
     """One AudioSocket connection as a :class:`~inzwa_voice.legs.base.Leg`."""
 
     kind: LegKind = "audiosocket"
@@ -156,15 +147,10 @@ class AudioSocketLeg:
     def __init__(self, writer: asyncio.StreamWriter, on_error: Callable[[str], None]) -> None:
         self._writer = writer
         self._on_error = on_error
-        self.session: CallSession | None = None
         self._framer = Framer(WIRE_FRAME_SAMPLES)
         self._out = PacedOutput(self._send_audio, self._encode, self._marked, out_rate=SAMPLE_RATE)
         self._closed = False
         self._final_sent = False  # a hangup or error frame went out, or the peer already hung up
-
-    @property
-    def played_frames(self) -> int:
-        return self._out.played_frames
 
     def _encode(self, samples: PCM16) -> bytes:
         """Whole 20 ms wire frames only; the remainder waits for the next pipeline frame."""
@@ -189,19 +175,9 @@ class AudioSocketLeg:
             self._writer.transport.abort()  # the read loop sees the connection drop
             raise
 
-    def _marked(self, name: str) -> None:
-        if self.session is not None:
-            self.session.marked(name)
-
-    async def play(self, frame: PCM16) -> None:
-        await self._out.play(frame)
-
     def flush(self) -> int:
         self._framer.flush(pad=False)  # a partial frame of the interrupted reply must not play
-        return self._out.flush()
-
-    async def mark(self, name: str) -> None:
-        await self._out.mark(name)
+        return super().flush()
 
     async def send_event(self, event: dict[str, object]) -> None:
         """AudioSocket carries no events: audio, DTMF and hangup are all there is."""
@@ -335,8 +311,7 @@ class AudioSocketServer:
 
     async def _receive(self, reader: asyncio.StreamReader, leg: AudioSocketLeg, session: CallSession) -> str:
         """Feed the peer's frames to the session until the call ends; returns the disposition."""
-        resampler = Resampler(SAMPLE_RATE, 16000)
-        framer = Framer(FRAME_SAMPLES)
+        caller_audio = CallerAudio(session.feed, SAMPLE_RATE)
         unknown: set[int] = set()
         while True:
             try:
@@ -358,8 +333,7 @@ class AudioSocketServer:
                 leg.peer_hung_up()
                 return "caller_hangup"
             if frame.kind == Kind.AUDIO:
-                for pcm in framer.push(resampler.process(bytes_to_pcm16(frame.payload))):
-                    session.feed(pcm)
+                caller_audio.push(bytes_to_pcm16(frame.payload))
             elif frame.kind == Kind.DTMF:
                 digit = chr(frame.payload[0])
                 if digit in DTMF_DIGITS:

@@ -18,6 +18,19 @@ from inzwa_voice.engines.base import PCM16
 
 LegKind = Literal["ws", "twilio", "audiosocket", "sip", "webrtc"]
 
+# WebSocket close code for a broken protocol (RFC 6455 leaves 4000-4999 to applications).
+CLOSE_PROTOCOL = 4400
+
+
+class ProtocolError(Exception):
+    """The far end broke its wire protocol; ``code`` labels the error event and the metric,
+    ``close_code`` is what a WebSocket leg closes with."""
+
+    def __init__(self, code: str, message: str, close_code: int = CLOSE_PROTOCOL) -> None:
+        super().__init__(message)
+        self.code = code
+        self.close_code = close_code
+
 
 @dataclass(frozen=True)
 class CallInfo:

@@ -1,18 +1,43 @@
-"""Outbound audio for legs that pace it themselves: real-time sending, marks, barge-in flush.
+"""Audio plumbing the legs share: the caller's audio in, paced bot audio out.
 
-Shared by every leg whose transport cannot report playback (WebSocket, AudioSocket, WebRTC):
-a frame counts as played when the pacer hands it to the wire, and a mark fires once every
-frame queued before it has gone out.
+``CallerAudio`` turns whatever a transport delivers (any rate, any chunk size) into the exact
+20 ms 16 kHz frames the session takes. ``PacedOutput`` and ``PacedLeg`` serve every leg whose
+transport cannot report playback (WebSocket, AudioSocket, WebRTC): a frame counts as played
+when the pacer hands it to the wire, and a mark fires once every frame queued before it has
+gone out.
 """
 
 from __future__ import annotations
 
 from collections import deque
 from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 from inzwa_voice.engines.base import PCM16
+from inzwa_voice.media.framing import FRAME_SAMPLES, PIPELINE_RATE, Framer
 from inzwa_voice.media.pacer import Pacer
 from inzwa_voice.media.resample import Resampler
+
+if TYPE_CHECKING:
+    from inzwa_voice.conversation.session import CallSession
+
+
+class CallerAudio:
+    """The caller's audio at the wire rate, resampled and framed into ``feed``."""
+
+    def __init__(self, feed: Callable[[PCM16], None], rate: int) -> None:
+        self._feed = feed
+        self._resampler = Resampler(rate, PIPELINE_RATE)
+        self._framer = Framer(FRAME_SAMPLES)
+
+    def push(self, pcm: PCM16) -> None:
+        for frame in self._framer.push(self._resampler.process(pcm)):
+            self._feed(frame)
+
+    def flush(self) -> None:
+        """Deliver the partial frame held back (padded), e.g. before an explicit end of turn."""
+        for frame in self._framer.flush(pad=True):
+            self._feed(frame)
 
 
 class PacedOutput:
@@ -58,3 +83,27 @@ class PacedOutput:
 
     async def close(self) -> None:
         await self._pacer.close()
+
+
+class PacedLeg:
+    """The Leg methods of a leg whose bot audio goes out through a ``PacedOutput``."""
+
+    session: CallSession | None = None
+    _out: PacedOutput
+
+    @property
+    def played_frames(self) -> int:
+        return self._out.played_frames
+
+    def _marked(self, name: str) -> None:
+        if self.session is not None:
+            self.session.marked(name)
+
+    async def play(self, frame: PCM16) -> None:
+        await self._out.play(frame)
+
+    def flush(self) -> int:
+        return self._out.flush()
+
+    async def mark(self, name: str) -> None:
+        await self._out.mark(name)

@@ -68,9 +68,9 @@ from inzwa_voice.conversation.calls import CallRejected
 from inzwa_voice.conversation.session import CallSession
 from inzwa_voice.engines.base import PCM16
 from inzwa_voice.errors import ApiError
-from inzwa_voice.legs.base import CallInfo, LegKind
-from inzwa_voice.legs.websocket import ProtocolError
-from inzwa_voice.media.framing import FRAME_SAMPLES, PIPELINE_RATE, Framer
+from inzwa_voice.legs.base import CallInfo, LegKind, ProtocolError
+from inzwa_voice.legs.paced import CallerAudio
+from inzwa_voice.media.framing import PIPELINE_RATE
 from inzwa_voice.media.g711 import ulaw_decode, ulaw_encode
 from inzwa_voice.media.pacer import Pacer
 from inzwa_voice.media.resample import Resampler
@@ -372,8 +372,7 @@ async def media_stream(request: web.Request) -> web.WebSocketResponse:
 
 async def _serve(ws: web.WebSocketResponse, leg: TwilioLeg, session: CallSession) -> None:
     """Read Twilio's messages until the stream stops or closes, or the call ends."""
-    resampler = Resampler(SAMPLE_RATE, PIPELINE_RATE)
-    framer = Framer(FRAME_SAMPLES)
+    caller_audio = CallerAudio(session.feed, SAMPLE_RATE)
     errors = session.manager.metrics.call_errors
 
     def dropped(code: str, detail: str) -> None:
@@ -402,8 +401,7 @@ async def _serve(ws: web.WebSocketResponse, leg: TwilioLeg, session: CallSession
             if audio is None:
                 dropped("bad_payload", "media.payload must be non-empty base64")
                 continue
-            for frame in framer.push(resampler.process(ulaw_decode(audio))):
-                session.feed(frame)
+            caller_audio.push(ulaw_decode(audio))
         elif event == "dtmf":
             digit = _field(data, "dtmf", "digit")
             if digit is None or digit not in DTMF_DIGITS:

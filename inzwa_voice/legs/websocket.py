@@ -20,11 +20,9 @@ from aiohttp import WSCloseCode, WSMsgType, web
 from inzwa_voice.api.keys import CALLS, SETTINGS
 from inzwa_voice.conversation.calls import CallRejected
 from inzwa_voice.conversation.session import CallSession
-from inzwa_voice.engines.base import PCM16
-from inzwa_voice.legs.base import CallInfo, LegKind
-from inzwa_voice.legs.paced import PacedOutput
-from inzwa_voice.media.framing import FRAME_SAMPLES, Framer, bytes_to_pcm16, pcm16_to_bytes
-from inzwa_voice.media.resample import Resampler
+from inzwa_voice.legs.base import CLOSE_PROTOCOL, CallInfo, LegKind, ProtocolError
+from inzwa_voice.legs.paced import CallerAudio, PacedLeg, PacedOutput
+from inzwa_voice.media.framing import bytes_to_pcm16, pcm16_to_bytes
 
 log = logging.getLogger(__name__)
 
@@ -32,47 +30,21 @@ SAMPLE_RATES = (8000, 16000, 24000, 48000)
 MAX_MESSAGE_BYTES = 64 * 1024
 START_TIMEOUT_S = 10.0
 
-# Close codes beyond RFC 6455's: 4400 protocol violation, 4401 authentication failed.
-CLOSE_PROTOCOL = 4400
+# Close codes beyond RFC 6455's: 4400 protocol violation (legs.base), 4401 authentication failed.
 CLOSE_AUTH = 4401
 
 
-class ProtocolError(Exception):
-    def __init__(self, code: str, message: str, close_code: int = CLOSE_PROTOCOL) -> None:
-        super().__init__(message)
-        self.code = code
-        self.close_code = close_code
-
-
-class WebSocketLeg:
+class WebSocketLeg(PacedLeg):
     kind: LegKind = "ws"
 
     def __init__(self, ws: web.WebSocketResponse, sample_rate: int) -> None:
         self._ws = ws
-        self.session: CallSession | None = None
         self._out = PacedOutput(self._send_audio, pcm16_to_bytes, self._marked, out_rate=sample_rate)
         self._closed = False
-
-    @property
-    def played_frames(self) -> int:
-        return self._out.played_frames
 
     async def _send_audio(self, data: bytes) -> None:
         if not self._ws.closed:
             await self._ws.send_bytes(data)
-
-    def _marked(self, name: str) -> None:
-        if self.session is not None:
-            self.session.marked(name)
-
-    async def play(self, frame: PCM16) -> None:
-        await self._out.play(frame)
-
-    def flush(self) -> int:
-        return self._out.flush()
-
-    async def mark(self, name: str) -> None:
-        await self._out.mark(name)
 
     async def send_event(self, event: dict[str, object]) -> None:
         if not self._ws.closed:
@@ -164,8 +136,7 @@ async def websocket_call(request: web.Request) -> web.WebSocketResponse:
 
 async def _serve(ws: web.WebSocketResponse, session: CallSession, rate: int) -> None:
     """Read the client's messages until it stops, hangs up, breaks the protocol or the call ends."""
-    resampler = Resampler(rate, 16000)
-    framer = Framer(FRAME_SAMPLES)
+    audio = CallerAudio(session.feed, rate)
     metrics = session.manager.metrics
     async for msg in ws:
         if msg.type == WSMsgType.BINARY:
@@ -176,8 +147,7 @@ async def _serve(ws: web.WebSocketResponse, session: CallSession, rate: int) -> 
                 await _error(ws, "odd_length", "PCM16 frames must have an even number of bytes", False)
                 await ws.close(code=CLOSE_PROTOCOL, message=b"odd_length")
                 return
-            for frame in framer.push(resampler.process(pcm)):
-                session.feed(frame)
+            audio.push(pcm)
         elif msg.type == WSMsgType.TEXT:
             data = _json(msg.data)
             kind = data.get("type") if data else None
@@ -190,8 +160,7 @@ async def _serve(ws: web.WebSocketResponse, session: CallSession, rate: int) -> 
             elif kind == "dtmf" and isinstance(data.get("digit"), str) and data["digit"] in "0123456789*#":
                 session.dtmf(data["digit"])
             elif kind == "end_turn":
-                for frame in framer.flush(pad=True):
-                    session.feed(frame)
+                audio.flush()
                 session.end_turn()
             else:
                 metrics.call_errors.labels("ws", "unknown_type").inc()

@@ -16,12 +16,16 @@ import re
 from collections.abc import AsyncGenerator, AsyncIterator
 
 MAX_PHRASE_CHARS = 160
+# The first phrase of an answer may also end at a comma once it is this long: the caller hears
+# the answer begin a sentence sooner, which is most of the perceived latency.
+FIRST_CLAUSE_CHARS = 20
 
 # A phrase ends at sentence punctuation (plus closing quotes) followed by whitespace, or at a
 # newline. The whitespace run belongs to the phrase, so the end is only known once the next
 # visible character arrives; "3.5" and "e.g." never end a phrase.
 _PHRASE_END = re.compile(r"(?:[.!?;:…]+[\"'”’)\]]*\s+|\n\s*)(?=\S)")
 _LAST_SPACE = re.compile(r"\s+(?=\S*\Z)")
+_CLAUSE_END = re.compile(r",\s+(?=\S)")
 
 # A label starting a line or sentence means the model began writing another speaker's turn; chat
 # template tokens mean the same wherever they appear.
@@ -38,9 +42,11 @@ _MARKUP = re.compile(r"</?[a-z][^<>\n]{0,200}>|[*_`#~]|[\x00-\x08\x0b-\x1f\x7f]"
 class PhraseSplitter:
     """Accumulates tokens and hands out complete phrases of at most ``cap`` characters."""
 
-    def __init__(self, cap: int = MAX_PHRASE_CHARS) -> None:
+    def __init__(self, cap: int = MAX_PHRASE_CHARS, first_clause: int = FIRST_CLAUSE_CHARS) -> None:
         self._cap = cap
+        self._first_clause = first_clause
         self._buffer = ""
+        self._first = True
 
     def feed(self, token: str) -> list[str]:
         """Add ``token``; return the phrases it completed, in order."""
@@ -49,6 +55,7 @@ class PhraseSplitter:
         while (end := self._phrase_end()) is not None:
             phrases.append(self._buffer[:end])
             self._buffer = self._buffer[end:]
+            self._first = False
         return phrases
 
     def flush(self) -> str:
@@ -60,6 +67,10 @@ class PhraseSplitter:
         match = _PHRASE_END.search(self._buffer)
         if match is not None and match.end() <= self._cap:
             return match.end()
+        if self._first:
+            clause = _CLAUSE_END.search(self._buffer, self._first_clause)
+            if clause is not None and clause.end() <= self._cap:
+                return clause.end()
         if len(self._buffer) <= self._cap:
             return None
         # Too long without an end: cut after the last whitespace in the window, or mid-word when

@@ -26,10 +26,10 @@ from inzwa_voice.legs.audiosocket import (
     HANGUP_FRAME,
     SAMPLE_RATE,
     Kind,
-    ProtocolError,
     encode_frame,
     read_frame,
 )
+from inzwa_voice.legs.base import ProtocolError
 from inzwa_voice.media.framing import pcm16_to_bytes
 from inzwa_voice.simulator.caller import Caller
 
