@@ -5,7 +5,9 @@ Every series the gateway exports is declared here, so ``/metrics`` is documented
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, generate_latest
 
 _LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0)
 _RTF_BUCKETS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0)
@@ -15,6 +17,10 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
+        # process_cpu_seconds_total, process_resident_memory_bytes, ...: what a load test reads.
+        ProcessCollector(registry=r)
+        peak = Gauge("inzwa_process_peak_rss_bytes", "Peak resident memory of this process", registry=r)
+        peak.set_function(_peak_rss_bytes)
         self.http_requests = Counter(
             "inzwa_http_requests",
             "HTTP requests by route and status",
@@ -75,3 +81,11 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+def _peak_rss_bytes() -> float:
+    """VmHWM from /proc: the peak, which the resident-memory gauge alone cannot show."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return float(line.split()[1]) * 1024
+    return 0.0

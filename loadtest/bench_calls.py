@@ -3,7 +3,7 @@
 For each leg and concurrency: turn latency (caller's last voiced frame → first bot audio, in
 the caller's media time) p50/p95, the gateway's stage split, and — in a second round with
 barge-in — how much bot audio still arrived after the caller started talking over it. The
-gateway's CPU seconds and peak RSS come from /proc for the whole run.
+gateway's CPU seconds (per round and per call) and peak RSS come from the gateway's /metrics.
 
     .venv/bin/python loadtest/bench_calls.py [--legs ws,twilio] [--calls 1,4,10]
 """
@@ -24,16 +24,6 @@ from inzwa_voice.simulator.run import simulate
 ENGLISH_DIALPLAN = Path(__file__).resolve().parents[1] / "tests" / "dialplans" / "english.yaml"
 
 
-def proc_usage(pid: int) -> dict[str, float]:
-    """CPU seconds (user + system) and peak RSS of a process, from /proc."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    ticks = os.sysconf("SC_CLK_TCK")
-    cpu = (int(fields[11]) + int(fields[12])) / ticks
-    status = Path(f"/proc/{pid}/status").read_text()
-    peak_kb = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM"))
-    return {"cpu_s": round(cpu, 1), "peak_rss_mb": round(peak_kb / 1024, 1)}
-
-
 async def run(legs: list[str], concurrencies: list[int]) -> dict[str, Any]:
     results: dict[str, Any] = {}
     records = tempfile.mkdtemp(prefix="inzwa-bench-")
@@ -42,8 +32,7 @@ async def run(legs: list[str], concurrencies: list[int]) -> dict[str, Any]:
         "INZWA_DIALPLAN_PATH": str(ENGLISH_DIALPLAN),
         "INZWA_DB_PATH": os.path.join(records, "calls.db"),
     }
-    with gateway_process(env) as (url, proc):
-        before = proc_usage(proc.pid)
+    with gateway_process(env) as (url, _):
         for leg in legs:
             for n in concurrencies:
                 answer = await simulate(url, leg=leg, calls=n)
@@ -51,8 +40,6 @@ async def run(legs: list[str], concurrencies: list[int]) -> dict[str, Any]:
                 answer["barge_in_stop_ms"] = barge["barge_in_stop_ms"]
                 answer["errors"] += barge["errors"]
                 results[f"{leg}_{n}"] = answer
-        after = proc_usage(proc.pid)
-        results["gateway"] = {"cpu_s": round(after["cpu_s"] - before["cpu_s"], 1), **after}
     return results
 
 

@@ -13,7 +13,7 @@ from inzwa_voice.safety import Safety, SafetyConfig, SafetyDataError
 from inzwa_voice.safety.datafiles import LANGUAGES
 from inzwa_voice.safety.patterns import load_patterns
 from inzwa_voice.safety.policy import DATA_DIR, MAX_INPUT_CHARS
-from inzwa_voice.safety.stream import MAX_PHRASE_CHARS
+from inzwa_voice.safety.stream import MAX_PHRASE_CHARS, phrases
 
 HELPLINE = "0800 123 4567"
 
@@ -461,3 +461,15 @@ async def test_the_first_phrase_may_end_at_a_comma_so_speech_starts_sooner(safet
         "of course. ",
         "Tell me where you live, and what happened.",
     ]
+
+
+async def test_a_slow_unpunctuated_phrase_is_released_after_the_time_cap() -> None:
+    ticks = iter(range(100))
+
+    async def slow_model() -> AsyncIterator[str]:
+        for word in ["one ", "two ", "three ", "four ", "five ", "six"]:
+            yield word
+
+    out = [p async for p in phrases(slow_model(), time_cap=2.5, clock=lambda: float(next(ticks)))]
+    # One token a second: the phrase that began at t=0 is cut at its last space at t=3.
+    assert out == ["one two three four ", "five six"]

@@ -34,8 +34,9 @@ PREPARED = web.RequestKey("prepared", web.StreamResponse)
 PUBLIC_PATHS = ("/health", "/metrics", "/openapi.json")
 PUBLIC_PREFIXES = ("/widget",)
 # Routes that authenticate callers themselves: the WebSocket call checks its start message's
-# ``auth`` (browsers cannot set headers on a WebSocket), Twilio's routes check its signature.
-SELF_AUTHENTICATED_PREFIXES = ("/v1/ws", "/v1/twilio/")
+# ``auth`` (browsers cannot set headers on a WebSocket), Twilio's routes check its signature, and
+# a WebRTC offer carries a short-lived call token that the helpline's web server obtained.
+SELF_AUTHENTICATED_PREFIXES = ("/v1/ws", "/v1/twilio/", "/v1/webrtc/offer")
 
 _HTTP_ERRORS: dict[int, tuple[str, str]] = {
     404: ("not_found_error", "no route matches this path"),

@@ -13,12 +13,16 @@ policy, which is why they live here and not in the data files.
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncGenerator, AsyncIterator
+import time
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 
 MAX_PHRASE_CHARS = 160
 # The first phrase of an answer may also end at a comma once it is this long: the caller hears
 # the answer begin a sentence sooner, which is most of the perceived latency.
 FIRST_CLAUSE_CHARS = 20
+# A model that writes slowly without punctuation still reaches the caller: after this long
+# since a phrase began, it is cut at the last space.
+PHRASE_TIME_CAP_S = 2.0
 
 # A phrase ends at sentence punctuation (plus closing quotes) followed by whitespace, or at a
 # newline. The whitespace run belongs to the phrase, so the end is only known once the next
@@ -48,15 +52,26 @@ class PhraseSplitter:
         self._buffer = ""
         self._first = True
 
-    def feed(self, token: str) -> list[str]:
-        """Add ``token``; return the phrases it completed, in order."""
+    def feed(self, token: str, overdue: bool = False) -> list[str]:
+        """Add ``token``; return the phrases it completed, in order.
+
+        ``overdue``: the current phrase has waited past the time cap, so it ends at its last space.
+        """
         self._buffer += token
         phrases: list[str] = []
         while (end := self._phrase_end()) is not None:
             phrases.append(self._buffer[:end])
             self._buffer = self._buffer[end:]
             self._first = False
+        if overdue and (space := _LAST_SPACE.search(self._buffer)) is not None and space.start() > 0:
+            phrases.append(self._buffer[: space.end()])
+            self._buffer = self._buffer[space.end() :]
+            self._first = False
         return phrases
+
+    @property
+    def pending(self) -> bool:
+        return bool(self._buffer)
 
     def flush(self) -> str:
         """The unfinished rest, at the end of the stream."""
@@ -79,13 +94,19 @@ class PhraseSplitter:
         return space.end() if space is not None and space.start() > 0 else self._cap
 
 
-async def phrases(tokens: AsyncIterator[str]) -> AsyncGenerator[str, None]:
+async def phrases(
+    tokens: AsyncIterator[str], time_cap: float = PHRASE_TIME_CAP_S, clock: Callable[[], float] = time.monotonic
+) -> AsyncGenerator[str, None]:
     """Phrases of ``tokens``; closing this generator closes ``tokens`` too, stopping the model."""
     splitter = PhraseSplitter()
+    started: float | None = None  # when the phrase now buffering began
     try:
         async for token in tokens:
-            for phrase in splitter.feed(token):
+            now = clock()
+            started = now if started is None else started
+            for phrase in splitter.feed(token, overdue=now - started >= time_cap):
                 yield phrase
+                started = now if splitter.pending else None
         if rest := splitter.flush():
             yield rest
     finally:

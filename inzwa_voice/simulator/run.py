@@ -94,18 +94,22 @@ async def one_call(
 ) -> CallResult:
     result = CallResult()
     caller = factory(http, base_url, health)
+    step = "connect"
     try:
         await caller.connect()
+        step = "greeting"
         await caller.greeting_done()
         start = caller.say(question)
         end_of_speech = start + len(question) * 1000 // caller.rate
         stages = asyncio.ensure_future(caller.wait_for("turn.metrics", timeout=120)) if caller.stage_metrics else None
         caller.clear_bot_audio()
+        step = "answer audio"
         await caller.heard(max(FRAME_MS, barge_in_after_ms if interruption is not None else 500), timeout=120)
         latency = first_audio_after(caller, end_of_speech)
         if latency is not None:
             result.latency_ms.append(latency)
         if interruption is not None:
+            step = "barge-in"
             barge_start = caller.say(interruption)
             if caller.barge_in_event is None:
                 await caller.bot_quiet(timeout=30)
@@ -113,11 +117,12 @@ async def one_call(
                 await caller.wait_for(caller.barge_in_event, timeout=30)
             result.barge_in_stop_ms = caller.timeline.audio_ms_after(barge_start, caller.rate)
         elif stages is not None:
+            step = "turn metrics"
             result.stages.append(dict((await stages)["latency_ms"]))
         if stages is not None:
             stages.cancel()
     except (TimeoutError, aiohttp.ClientError, ConnectionError) as exc:
-        result.error = f"{type(exc).__name__}: {exc}"
+        result.error = f"{step}: {type(exc).__name__} {exc}".strip()
     finally:
         await caller.hang_up()
     return result
@@ -146,6 +151,21 @@ def summarise(results: list[CallResult]) -> dict[str, Any]:
     }
 
 
+async def gateway_usage(http: aiohttp.ClientSession, base_url: str) -> dict[str, float]:
+    """The gateway's own CPU seconds and peak RSS, from its /metrics."""
+    async with http.get(base_url + "/metrics") as resp:
+        text = await resp.text()
+    values = {
+        line.split()[0]: float(line.split()[1])
+        for line in text.splitlines()
+        if line.startswith(("process_cpu_seconds_total ", "inzwa_process_peak_rss_bytes "))
+    }
+    return {
+        "cpu_s": values.get("process_cpu_seconds_total", 0.0),
+        "peak_rss_mb": round(values.get("inzwa_process_peak_rss_bytes", 0.0) / 2**20, 1),
+    }
+
+
 async def simulate(
     base_url: str,
     *,
@@ -166,6 +186,7 @@ async def simulate(
         else:
             questions = [await tts(http, base_url, q, rate, voice) for q in QUESTIONS]
         interruption = await tts(http, base_url, INTERRUPTION, rate, voice) if barge_in_after_ms else None
+        before = await gateway_usage(http, base_url)
         started = time.perf_counter()
         results = await asyncio.gather(
             *(
@@ -175,6 +196,18 @@ async def simulate(
                 for i in range(calls)
             )
         )
+        after = await gateway_usage(http, base_url)
     summary = summarise(list(results))
-    summary.update({"leg": leg, "wall_s": round(time.perf_counter() - started, 1)})
+    cpu = after["cpu_s"] - before["cpu_s"]
+    summary.update(
+        {
+            "leg": leg,
+            "wall_s": round(time.perf_counter() - started, 1),
+            "gateway": {
+                "cpu_s": round(cpu, 1),
+                "cpu_s_per_call": round(cpu / calls, 2),
+                "peak_rss_mb": after["peak_rss_mb"],
+            },
+        }
+    )
     return summary
