@@ -28,6 +28,20 @@ class ChatMessage:
 
 
 @dataclass(frozen=True)
+class GenerationDefaults:
+    """What every LLM engine applies when a request does not say: the bounds of a generation."""
+
+    max_tokens: int = 160
+    temperature: float = 0.3
+    system_prompt: str = ""
+    token_timeout_s: float = 10.0  # longest wait for the next piece
+    timeout_s: float = 60.0  # longest whole generation
+
+
+DEFAULT_GENERATION = GenerationDefaults()
+
+
+@dataclass(frozen=True)
 class Segment:
     text: str
     start_ms: int

@@ -21,7 +21,7 @@ from inzwa_voice.aio import iterate_in_thread
 from inzwa_voice.config import Settings
 from inzwa_voice.engines import models
 from inzwa_voice.engines.asr.whisper import WhisperASR
-from inzwa_voice.engines.base import LLM, PCM16, ChatMessage, Float32, ModelInfo, Transcript
+from inzwa_voice.engines.base import LLM, PCM16, ChatMessage, Float32, GenerationDefaults, ModelInfo, Transcript
 from inzwa_voice.engines.llm.llamacpp import LlamaCppLLM
 from inzwa_voice.engines.llm.remote import OpenAICompatibleLLM
 from inzwa_voice.engines.tts.piper import OPENAI_VOICE_NAMES, PiperTTS, VoiceSpec
@@ -89,6 +89,13 @@ class Engines:
         catalog.append(_file_info("whisper-base", "asr", str(asr_dir), asr_sha, ["transcription", "sn", "en"]))
 
         llm: LLM
+        defaults = GenerationDefaults(
+            max_tokens=settings.llm_max_tokens,
+            temperature=settings.llm_temperature,
+            system_prompt=settings.llm_system_prompt,
+            token_timeout_s=settings.llm_token_timeout_s,
+            timeout_s=settings.llm_timeout_s,
+        )
         if settings.llm_engine == "llama-cpp":
             if settings.llm_model_path:
                 gguf, gguf_sha = settings.llm_model_path, None
@@ -99,11 +106,7 @@ class Engines:
                 executor,
                 n_ctx=settings.llm_context,
                 threads=settings.llm_threads,
-                max_tokens=settings.llm_max_tokens,
-                temperature=settings.llm_temperature,
-                system_prompt=settings.llm_system_prompt,
-                token_timeout_s=settings.llm_token_timeout_s,
-                timeout_s=settings.llm_timeout_s,
+                defaults=defaults,
             )
             catalog.append(_file_info(llm.name, "llm", str(gguf), gguf_sha, ["chat", "completion"]))
         else:
@@ -111,12 +114,8 @@ class Engines:
                 settings.llm_base_url,
                 model=settings.llm_remote_model,
                 api_key=settings.llm_api_key,
-                max_tokens=settings.llm_max_tokens,
-                temperature=settings.llm_temperature,
-                system_prompt=settings.llm_system_prompt,
                 connect_retries=settings.llm_connect_retries,
-                token_timeout_s=settings.llm_token_timeout_s,
-                timeout_s=settings.llm_timeout_s,
+                defaults=defaults,
             )
             catalog.append(
                 ModelInfo(

@@ -16,7 +16,7 @@ from pathlib import Path
 from llama_cpp import Llama
 
 from inzwa_voice.aio import iterate_in_thread, with_deadlines
-from inzwa_voice.engines.base import ChatMessage
+from inzwa_voice.engines.base import DEFAULT_GENERATION, ChatMessage, GenerationDefaults
 from inzwa_voice.engines.llm import prompt
 
 
@@ -32,11 +32,7 @@ class LlamaCppLLM:
         *,
         n_ctx: int = 2048,
         threads: int = 2,
-        max_tokens: int = 160,
-        temperature: float = 0.3,
-        system_prompt: str = "",
-        token_timeout_s: float = 10.0,
-        timeout_s: float = 60.0,
+        defaults: GenerationDefaults = DEFAULT_GENERATION,
     ) -> None:
         self.name = model_path.stem
         self._llm = Llama(
@@ -49,17 +45,13 @@ class LlamaCppLLM:
         self._lock = threading.Lock()
         self._executor = executor
         self._n_ctx = n_ctx
-        self._max_tokens = max_tokens
-        self._temperature = temperature
-        self._system_prompt = system_prompt
-        self._token_timeout = token_timeout_s
-        self._timeout = timeout_s
+        self._defaults = defaults
 
     def _fit(self, messages: list[ChatMessage], max_tokens: int) -> str:
         """Render the prompt, dropping the oldest turns until it leaves room for the answer."""
         turns = sum(1 for m in messages if m.role != "system")
         for keep in range(turns, 0, -1):
-            text = prompt.render(prompt.trim_history(messages, keep), self._system_prompt)
+            text = prompt.render(prompt.trim_history(messages, keep), self._defaults.system_prompt)
             if len(self._llm.tokenize(text.encode(), add_bos=True)) + max_tokens <= self._n_ctx:
                 return text
         raise PromptTooLongError(f"the last message does not fit the {self._n_ctx}-token context")
@@ -84,8 +76,9 @@ class LlamaCppLLM:
         temperature: float | None = None,
         stop: list[str] | None = None,
     ) -> AsyncGenerator[str, None]:
-        limit = max_tokens or self._max_tokens
-        temp = self._temperature if temperature is None else temperature
+        d = self._defaults
+        limit = max_tokens or d.max_tokens
+        temp = d.temperature if temperature is None else temperature
         stops = prompt.STOP_SEQUENCES + (stop or [])
 
         def factory(stop_event: threading.Event) -> Iterator[str]:
@@ -95,7 +88,7 @@ class LlamaCppLLM:
                 yield piece
 
         source = iterate_in_thread(self._executor, factory)
-        limited = with_deadlines(source, item_timeout=self._token_timeout, total_timeout=self._timeout)
+        limited = with_deadlines(source, item_timeout=d.token_timeout_s, total_timeout=d.timeout_s)
         async with aclosing(limited):
             async for piece in limited:
                 yield piece

@@ -15,7 +15,7 @@ from contextlib import aclosing
 import aiohttp
 
 from inzwa_voice.aio import with_deadlines
-from inzwa_voice.engines.base import ChatMessage
+from inzwa_voice.engines.base import DEFAULT_GENERATION, ChatMessage, GenerationDefaults
 
 
 class RemoteLLMError(RuntimeError):
@@ -29,29 +29,21 @@ class OpenAICompatibleLLM:
         *,
         model: str,
         api_key: str | None = None,
-        max_tokens: int = 160,
-        temperature: float = 0.3,
-        system_prompt: str = "",
         connect_retries: int = 2,
-        token_timeout_s: float = 10.0,
-        timeout_s: float = 60.0,
+        defaults: GenerationDefaults = DEFAULT_GENERATION,
     ) -> None:
         self.name = model
         self._url = base_url.rstrip("/") + "/chat/completions"
         self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._model = model
-        self._max_tokens = max_tokens
-        self._temperature = temperature
-        self._system_prompt = system_prompt
+        self._defaults = defaults
         self._retries = connect_retries
-        self._token_timeout = token_timeout_s
-        self._timeout = timeout_s
         self._session: aiohttp.ClientSession | None = None
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(
-                timeout=aiohttp.ClientTimeout(total=None, sock_connect=5, sock_read=self._token_timeout)
+                timeout=aiohttp.ClientTimeout(total=None, sock_connect=5, sock_read=self._defaults.token_timeout_s)
             )
         return self._session
 
@@ -101,18 +93,19 @@ class OpenAICompatibleLLM:
         temperature: float | None = None,
         stop: list[str] | None = None,
     ) -> AsyncGenerator[str, None]:
-        if not any(m.role == "system" for m in messages) and self._system_prompt:
-            messages = [ChatMessage("system", self._system_prompt), *messages]
+        d = self._defaults
+        if not any(m.role == "system" for m in messages) and d.system_prompt:
+            messages = [ChatMessage("system", d.system_prompt), *messages]
         body: dict[str, object] = {
             "model": self._model,
             "messages": [{"role": m.role, "content": m.content} for m in messages],
             "stream": True,
-            "max_tokens": max_tokens or self._max_tokens,
-            "temperature": self._temperature if temperature is None else temperature,
+            "max_tokens": max_tokens or d.max_tokens,
+            "temperature": d.temperature if temperature is None else temperature,
         }
         if stop:
             body["stop"] = stop
-        limited = with_deadlines(self._deltas(body), item_timeout=self._token_timeout, total_timeout=self._timeout)
+        limited = with_deadlines(self._deltas(body), item_timeout=d.token_timeout_s, total_timeout=d.timeout_s)
         async with aclosing(limited):
             async for piece in limited:
                 yield piece
