@@ -364,11 +364,22 @@ class CallSession:
             for phrase, frame in turn.pending:
                 await self._play(turn, phrase, frame)
             turn.pending.clear()
-        await self.leg.mark(f"turn-{turn.id}")
-        await turn.played.wait()
+        await self._played(turn)
         self._memory.add("assistant", " ".join(turn.phrases))
         await self._finish_turn(turn)
         await self.leg.send_event({"type": "tts.end", "id": turn.id})
+
+    async def _played(self, turn: Turn) -> None:
+        """Wait for the leg to report the turn played; a far end that never acknowledges its
+        marks costs at most the audio still queued plus a few seconds, never the call."""
+        await self.leg.mark(f"turn-{turn.id}")
+        queued_s = max(0, self._queued_frames - self.leg.played_frames) * FRAME_MS / 1000
+        try:
+            async with asyncio.timeout(queued_s + 5.0):
+                await turn.played.wait()
+        except TimeoutError:
+            log.warning("the leg did not confirm playback", extra={"call_id": self.id, "turn": turn.id})
+            self.manager.metrics.call_errors.labels(self.info.leg, "mark_timeout").inc()
 
     async def _finish_turn(self, turn: Turn, *, barged_in: bool = False, heard: str | None = None) -> None:
         """Record the turn (before any event announces it, so a client can read it back)."""
@@ -407,8 +418,7 @@ class CallSession:
         async with self._out_lock:
             for frame in frames:
                 await self._play(turn, 0, frame)
-        await self.leg.mark(f"turn-{turn.id}")
-        await turn.played.wait()
+        await self._played(turn)
         await self.leg.send_event({"type": "tts.end", "id": turn.id})
         self._memory.add("assistant", text)
         if self._current is turn:
