@@ -37,13 +37,19 @@ models: install
 serve: models
 	$(BIN)/inzwa-voice serve
 
-# Debian packages the test suite drives as real peers; later legs add theirs here.
-SYSTEM_PACKAGES :=
+# Debian packages the test suite drives as real peers: Chromium for the web widget's call.
+SYSTEM_PACKAGES := chromium
 system-deps:
 	@missing=""; for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; fi
 
-test: models system-deps
+# The widget's browser test: playwright-core (Node.js 20+) drives Debian's chromium; no browser
+# is downloaded.
+BROWSER_MODULES := tests/browser/node_modules/.package-lock.json
+$(BROWSER_MODULES): tests/browser/package-lock.json
+	npm ci --prefix tests/browser --no-audit --no-fund
+
+test: models system-deps $(BROWSER_MODULES)
 	$(BIN)/ruff check inzwa_voice tests loadtest
 	$(BIN)/ruff format --check inzwa_voice tests loadtest
 	$(BIN)/mypy

@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
+from inzwa_voice import widget
 from inzwa_voice.api import admin_calls, openai_routes, rest, system
 from inzwa_voice.api.keys import CALLS, ENGINES, GATE, METRICS, SAFETY, SETTINGS, Gate
 from inzwa_voice.api.middleware import add_extra_headers, auth_middleware, error_middleware
@@ -18,7 +19,7 @@ from inzwa_voice.config import Settings
 from inzwa_voice.conversation.calls import CallManager
 from inzwa_voice.dialplan import DEFAULT_DIALPLAN, Dialplan
 from inzwa_voice.engines.registry import Engines
-from inzwa_voice.legs import audiosocket, twilio, websocket
+from inzwa_voice.legs import audiosocket, twilio, webrtc, websocket
 from inzwa_voice.safety import Safety, SafetyConfig
 from inzwa_voice.store import CallStore
 
@@ -46,6 +47,9 @@ def build_app(settings: Settings, engines: Engines) -> web.Application:
     websocket.add_routes(app)
     twilio.add_routes(app)
     audiosocket.setup(app)
+    webrtc.setup(app)
+    webrtc.add_routes(app)
+    widget.add_routes(app)
 
     async def call_store(app: web.Application) -> AsyncIterator[None]:
         store = await CallStore.open(settings.db_path)

@@ -27,6 +27,10 @@ def _split_csv(value: object) -> object:
     return value
 
 
+IceUrl = Annotated[str, Field(pattern=r"^(stun|stuns|turn|turns):")]
+"""A STUN or TURN server URL (RFC 7064, RFC 7065)."""
+
+
 class Settings(BaseSettings):
     """All gateway settings. Field docs are the operator's reference (see README)."""
 
@@ -135,6 +139,27 @@ class Settings(BaseSettings):
     audiosocket_host: str = Field("127.0.0.1", description="Address it binds; only Asterisk may reach it.")
     audiosocket_port: int = Field(9092, ge=0, le=65535, description="AudioSocket TCP port; 0 picks a free one (tests).")
 
+    # --- WebRTC ---
+    webrtc_max_peers: int = Field(
+        20, ge=1, le=1000, description="Concurrent WebRTC peer connections; more offers get 503 too_many_peers."
+    )
+    webrtc_ice_servers: Annotated[list[IceUrl], NoDecode] = Field(
+        default_factory=list,
+        description="STUN/TURN URLs (stun:host:3478,turn:host:3478?transport=udp); empty: host candidates only.",
+    )
+    webrtc_turn_username: str | None = Field(None, description="Username for the turn:/turns: URLs.")
+    webrtc_turn_credential: str | None = Field(None, description="Credential for the turn:/turns: URLs.")
+    webrtc_token_secret: str | None = Field(
+        None,
+        min_length=16,
+        description="HMAC key of WebRTC call tokens; gateways sharing it accept each other's (default: random).",
+    )
+    webrtc_token_ttl_s: int = Field(300, ge=10, le=3600, description="Lifetime of a WebRTC call token.")
+    webrtc_host_addresses: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Offer ICE host candidates only on these addresses (default: every non-loopback interface).",
+    )
+
     # --- security ---
     api_keys: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="Bearer keys; empty means no authentication."
@@ -143,7 +168,9 @@ class Settings(BaseSettings):
         0, ge=0, description="Requests per minute per API key (or client IP); 0 disables."
     )
 
-    _split_lists = field_validator("languages", "api_keys", mode="before")(_split_csv)
+    _split_lists = field_validator(
+        "languages", "api_keys", "webrtc_ice_servers", "webrtc_host_addresses", mode="before"
+    )(_split_csv)
 
     @field_validator("language")
     @classmethod

@@ -195,24 +195,16 @@ async def test_dtmf_zero_asks_for_a_human_and_the_gateway_hangs_up(
     make_server: ServerFactory, engines: Engines, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     server = await english_server(make_server)
-    manager = server.app[CALLS]
-    # The transfer request is recorded and then counted in the same step of the session; the
-    # record is the moment to look (AudioSocket has no event to tell the caller).
-    transfer_recorded = asyncio.Event()
-    record = manager.record_event
-
-    async def record_and_notice(session: CallSession, kind: str, data: dict[str, object]) -> None:
-        await record(session, kind, data)
-        if kind == "transfer":
-            transfer_recorded.set()
-
-    monkeypatch.setattr(manager, "record_event", record_and_notice)
     before = metric(engines, "inzwa_transfers_total", reason="dtmf")
     caller = await call(server)
     try:
         await caller.heard(20)  # the call is up
-        await caller.send_dtmf("0")
-        await asyncio.wait_for(transfer_recorded.wait(), 30)
+        # AudioSocket has no event to tell the caller: the gateway's record feed is where to look.
+        with server.app[CALLS].watch() as recorded:
+            await caller.send_dtmf("0")
+            async with asyncio.timeout(30):
+                while (await recorded.get()).kind != "transfer":
+                    pass
         assert metric(engines, "inzwa_transfers_total", reason="dtmf") == before + 1
         # Ending the call on our side sends Asterisk a hangup frame and closes the socket.
         await session_of(server, caller).end("admin_hangup")

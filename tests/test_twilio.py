@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -48,13 +47,6 @@ def shape(value: Any) -> Any:
 
 def count(metric: Any) -> float:
     return float(metric._value.get())
-
-
-async def until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
-    """Wait for what the gateway does without telling Twilio: only its metrics show it."""
-    async with asyncio.timeout(timeout):
-        while not condition():  # noqa: ASYNC110 - a counter has no event to wait on
-            await asyncio.sleep(0.02)
 
 
 def media_url(server: Server) -> str:
@@ -205,8 +197,12 @@ async def test_dtmf_zero_asks_for_a_human(make_server: ServerFactory, engines: E
     transfers = engines.metrics.transfers.labels("twilio", "dtmf")
     before = count(transfers)
     try:
-        await caller.dtmf("0")
-        await until(lambda: count(transfers) == before + 1)
+        with server.app[CALLS].watch() as recorded:
+            await caller.dtmf("0")
+            while (event := await asyncio.wait_for(recorded.get(), 30)).kind != "transfer":
+                pass
+        assert event.data["reason"] == "dtmf"
+        assert count(transfers) == before + 1
     finally:
         await caller.hang_up()
 

@@ -8,12 +8,15 @@ per voice and text and reused by every call.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Iterator
 from contextlib import aclosing
+from dataclasses import dataclass
 
 from inzwa_voice.config import Settings
 from inzwa_voice.conversation.profile import Profile
@@ -41,6 +44,16 @@ class CallRejected(Exception):
         self.code = code
 
 
+@dataclass(frozen=True)
+class CallEvent:
+    """Something recorded about a call: ``kind`` is an event kind (dtmf, transfer, barge_in …),
+    ``turn`` or ``end``."""
+
+    call_id: str
+    kind: str
+    data: dict[str, object]
+
+
 class CallManager:
     def __init__(
         self,
@@ -59,6 +72,7 @@ class CallManager:
         self.store = store
         self.sessions: dict[str, CallSession] = {}
         self.draining = False
+        self._watchers: list[asyncio.Queue[CallEvent]] = []
         self._prompts: OrderedDict[tuple[str, str], list[PCM16]] = OrderedDict()
         self._turns = TurnSettings(
             threshold=settings.vad_threshold,
@@ -108,6 +122,24 @@ class CallManager:
         self._prompts.move_to_end(key)
         return frames
 
+    @contextlib.contextmanager
+    def watch(self) -> Iterator[asyncio.Queue[CallEvent]]:
+        """A feed of everything recorded from now on, for operators' tooling and for tests that
+        wait for what a leg cannot show on its wire (a transfer on Twilio, a hang-up handled
+        after the socket closed). Bounded: a watcher that stops reading loses the oldest."""
+        queue: asyncio.Queue[CallEvent] = asyncio.Queue(maxsize=1000)
+        self._watchers.append(queue)
+        try:
+            yield queue
+        finally:
+            self._watchers.remove(queue)
+
+    def _notify(self, call_id: str, kind: str, data: dict[str, object]) -> None:
+        for queue in self._watchers:
+            if queue.full():
+                queue.get_nowait()
+            queue.put_nowait(CallEvent(call_id, kind, data))
+
     # ----- call records and metrics -----
     async def _write(self, session: CallSession, what: str, write: Awaitable[None]) -> None:
         """A failed record write is logged and counted; it never ends or stalls the call."""
@@ -123,11 +155,13 @@ class CallManager:
             await self._write(session, "start", write)
 
     async def record_event(self, session: CallSession, kind: str, data: dict[str, object]) -> None:
+        self._notify(session.id, kind, data)
         if self.store is not None:
             await self._write(session, kind, self.store.add_event(session.id, kind, data, time.time()))
 
     async def record_turn(self, session: CallSession, turn: Turn, *, barged_in: bool, heard: str | None) -> None:
         self.metrics.turns.labels(session.info.leg).inc()
+        self._notify(session.id, "turn", {"index": turn.index, "barged_in": barged_in, "caller_text": turn.caller_text})
         for stage in LATENCY_STAGES:
             if stage in turn.marks:
                 self.metrics.turn_latency.labels(stage).observe(turn.marks[stage] / 1000)
@@ -162,6 +196,7 @@ class CallManager:
         self.metrics.calls.labels(session.info.leg, disposition).inc()
         if self.store is not None:
             await self._write(session, "end", self.store.end_call(session.id, disposition, time.time()))
+        self._notify(session.id, "end", {"disposition": disposition})
 
     async def shutdown(self) -> None:
         self.draining = True

@@ -477,8 +477,8 @@ class CallSession:
 
     async def _request_transfer(self, reason: str) -> None:
         target = self.profile.transfer_target
-        await self.manager.record_event(self, "transfer", {"reason": reason, "target": target})
         self.manager.metrics.transfers.labels(self.info.leg, reason).inc()
+        await self.manager.record_event(self, "transfer", {"reason": reason, "target": target})
         await self.leg.send_event({"type": "transfer", "target": target, "reason": reason})
         transfer: Callable[[str], Awaitable[bool]] | None = getattr(self.leg, "transfer", None)
         if target and transfer is not None and await transfer(target):

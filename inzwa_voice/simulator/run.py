@@ -27,6 +27,7 @@ from inzwa_voice.engines.base import PCM16
 from inzwa_voice.simulator.audiosocket import AudioSocketCaller
 from inzwa_voice.simulator.caller import FRAME_MS, Caller
 from inzwa_voice.simulator.twilio import twilio_caller
+from inzwa_voice.simulator.webrtc import webrtc_caller
 from inzwa_voice.simulator.ws import WsCaller
 
 QUESTIONS = [
@@ -50,7 +51,12 @@ def audiosocket_caller(http: aiohttp.ClientSession, base_url: str, health: dict[
     return AudioSocketCaller(host, int(health["legs"]["audiosocket"]["port"]))
 
 
-LEGS: dict[str, CallerFactory] = {"ws": ws_caller, "twilio": twilio_caller, "audiosocket": audiosocket_caller}
+LEGS: dict[str, CallerFactory] = {
+    "ws": ws_caller,
+    "twilio": twilio_caller,
+    "audiosocket": audiosocket_caller,
+    "webrtc": webrtc_caller,
+}
 
 
 @dataclass

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from importlib.resources import files
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 PREFIX = "/widget/"
 
@@ -41,7 +42,7 @@ def _load(name: str) -> Asset:
     return Asset(body, content_type, etag, headers)
 
 
-def _handler(asset: Asset) -> web.Handler:
+def _handler(asset: Asset) -> Handler:
     async def serve(request: web.Request) -> web.StreamResponse:
         headers = {"ETag": asset.etag, "Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"}
         if asset.etag in request.headers.get("If-None-Match", ""):
