@@ -38,7 +38,7 @@ serve: models
 	$(BIN)/inzwa-voice serve
 
 # Debian packages the test suite drives as real peers: Chromium for the web widget's call.
-SYSTEM_PACKAGES := chromium
+SYSTEM_PACKAGES := chromium sip-tester
 system-deps:
 	@missing=""; for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; fi

@@ -19,7 +19,7 @@ from inzwa_voice.config import Settings
 from inzwa_voice.conversation.calls import CallManager
 from inzwa_voice.dialplan import DEFAULT_DIALPLAN, Dialplan
 from inzwa_voice.engines.registry import Engines
-from inzwa_voice.legs import audiosocket, twilio, webrtc, websocket
+from inzwa_voice.legs import audiosocket, sip, twilio, webrtc, websocket
 from inzwa_voice.safety import Safety, SafetyConfig
 from inzwa_voice.store import CallStore
 
@@ -47,6 +47,7 @@ def build_app(settings: Settings, engines: Engines) -> web.Application:
     websocket.add_routes(app)
     twilio.add_routes(app)
     audiosocket.setup(app)
+    sip.setup(app)  # before end_calls below: its on_shutdown drain must run first
     webrtc.setup(app)
     webrtc.add_routes(app)
     widget.add_routes(app)

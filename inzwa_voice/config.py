@@ -160,6 +160,15 @@ class Settings(BaseSettings):
         description="Offer ICE host candidates only on these addresses (default: every non-loopback interface).",
     )
 
+    # --- SIP (pjsua2) ---
+    sip_enabled: bool = Field(True, description="Answer SIP calls with the pjsua2 endpoint (one per process).")
+    sip_host: str = Field("127.0.0.1", description="Address SIP (UDP and TCP) and RTP bind, and the one SDP gives.")
+    sip_port: int = Field(5060, ge=0, le=65535, description="SIP port for UDP and TCP; 0 picks a free one (tests).")
+    sip_rtp_port: int = Field(4000, ge=1024, le=65534, description="First RTP port; a call takes the next free pair.")
+    sip_drain_timeout_s: float = Field(
+        30.0, ge=0, le=3600, description="At shutdown, how long live SIP calls may go on before the gateway hangs up."
+    )
+
     # --- security ---
     api_keys: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="Bearer keys; empty means no authentication."

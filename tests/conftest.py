@@ -57,6 +57,7 @@ async def make_server(
     async def start(**overrides: object) -> Server:
         overrides.setdefault("db_path", tmp_path_factory.mktemp("server") / "calls.db")
         overrides.setdefault("audiosocket_port", 0)
+        overrides.setdefault("sip_enabled", False)  # pjsua2 allows one endpoint per process
         overrides.setdefault("webrtc_host_addresses", ["127.0.0.1"])  # media stays on loopback
         app = build_app(settings.model_copy(update=overrides), engines)
         runner = web.AppRunner(app, access_log=None)

@@ -123,3 +123,13 @@ async def test_admin_warmup(server: Server) -> None:
     async with server.http.post(server.v1 + "/admin/warmup") as resp:
         assert resp.status == 200
         assert (await resp.json())["status"] == "ok"
+
+
+async def test_raw_pcm_that_starts_like_an_mpeg_frame_is_still_pcm(server: Server, engines: Engines) -> None:
+    pcm = await speak(engines, SENTENCE, rate=16000)
+    lookalike = np.concatenate([np.array([-31 * 256 - 1], dtype=np.int16), pcm])  # first bytes: FF E0
+    assert lookalike.tobytes()[:2] == b"\xff\xe0"
+    payload = {"audio_base64": base64.b64encode(lookalike.tobytes()).decode(), "sample_rate": 16000, "language": "en"}
+    async with server.http.post(server.v1 + "/asr", json=payload) as resp:
+        assert resp.status == 200, await resp.text()
+        assert {"tomorrow", "morning"} <= words((await resp.json())["text"])

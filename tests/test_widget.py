@@ -103,9 +103,16 @@ async def browser_call(server: Server, page_url: str, tmp_path: Path, auth: dict
     return await run_browser(page_url, wav, tmp_path)
 
 
+# Screenshots are kept where CI and developers can look at them (the folder is git-ignored).
+ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
+
+
 async def check_call(server: Server, result: dict[str, Any], out_dir: Path, auth: dict[str, str]) -> None:
     assert result["ok"], result
-    assert (out_dir / "widget.png").stat().st_size > 0
+    screenshot = out_dir / "widget.png"
+    assert screenshot.stat().st_size > 0
+    ARTIFACTS.mkdir(exist_ok=True)
+    shutil.copyfile(screenshot, ARTIFACTS / f"widget-{out_dir.name}.png")
     # The keyboard made the call, and focus followed the button that replaced the one pressed.
     assert result["focusAfterCall"] == "inzwa-hangup"
     assert result["focusAfterHangUp"] == "inzwa-call"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 
 from aiohttp import web
 
@@ -20,9 +21,14 @@ _CONTAINER_MAGIC = (b"RIFF", b"OggS", b"fLaC", b"ID3", b"\x1a\x45\xdf\xa3")
 
 
 def is_audio_file(data: bytes) -> bool:
-    """A known container signature, an MP4 ``ftyp`` box, or an MPEG audio/ADTS frame sync."""
-    mpeg_sync = len(data) > 1 and data[0] == 0xFF and data[1] & 0xE0 == 0xE0
-    return data.startswith(_CONTAINER_MAGIC) or data[4:8] == b"ftyp" or mpeg_sync
+    """A container signature that raw PCM cannot plausibly start with, or an MP4 ``ftyp`` box."""
+    return data.startswith(_CONTAINER_MAGIC) or data[4:8] == b"ftyp"
+
+
+def may_be_mpeg(data: bytes) -> bool:
+    """An MPEG audio or ADTS frame sync. Raw PCM can start with these bits too, so such data
+    is tried as a file first and read as PCM when that fails."""
+    return len(data) > 1 and data[0] == 0xFF and data[1] & 0xE0 == 0xE0
 
 
 def check_language(request: web.Request, language: str | None) -> str:
@@ -39,6 +45,9 @@ def decode_upload(request: web.Request, data: bytes, sample_rate: int | None, pa
     try:
         if sample_rate is None or is_audio_file(data):
             return decode_audio(data, max_seconds=max_seconds)
+        if may_be_mpeg(data):
+            with contextlib.suppress(AudioDecodeError):
+                return decode_audio(data, max_seconds=max_seconds)
         if data[:64].isascii() and all(32 <= b < 127 or b in b"\t\r\n" for b in data[:256]):
             raise AudioDecodeError("the data is text, not audio")
         return decode_pcm16(data, sample_rate, max_seconds=max_seconds)

@@ -30,6 +30,7 @@ def gateway_process(env: dict[str, str] | None = None) -> Iterator[tuple[str, su
         "INZWA_HOST": "127.0.0.1",
         "INZWA_PORT": str(port),
         "INZWA_AUDIOSOCKET_PORT": "0",
+        "INZWA_SIP_PORT": "0",
         "INZWA_WEBRTC_HOST_ADDRESSES": "127.0.0.1",
         **(env or {}),
     }

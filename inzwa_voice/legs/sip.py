@@ -1,0 +1,282 @@
+"""The SIP leg: calls from phones, PBXs and trunks, answered by a pjsua2 endpoint in this process.
+
+An INVITE rings at once (180), is routed by the dialplan on its Request-URI user (the number
+dialled) and From user (the caller), starts a session, and is answered (200 OK); the caller's
+Call-ID is the call's ``external_id``. After that:
+
+* BYE from the caller ends the session (``caller_hangup``); a session that ends (goodbye, idle,
+  admin hangup, transfer) sends BYE. CANCEL before the answer gets pjsua2's 487, and a session
+  that was starting meanwhile ends at once.
+* re-INVITEs (hold, unhold, a new codec) are answered by pjsua2; the call's audio follows the
+  stream to its new bridge slot (``sip.endpoint``).
+* DTMF, RFC 4733 or SIP INFO ``application/dtmf-relay``, becomes ``session.dtmf``.
+* A transfer to a human (DTMF 0, a crisis) is a blind REFER to the profile's transfer target.
+  It succeeded when the caller's side reports the new call answered (a final NOTIFY with a 2xx
+  sipfrag); then the session ends and we hang up. A refused REFER, a failed or missing final
+  report keeps the caller with the bot: a helpline must not drop a caller on a failed transfer.
+
+Refusals: the build takes 4 calls; pjsua2 answers a fifth INVITE ``486 Busy Here`` itself
+(counted as ``calls_rejected{leg="sip",reason="capacity"}``). 486 is pjsua2's choice, made
+before any callback; it also suits a proxy in front (Kamailio's dispatcher fails over on 486
+like on 503 when told to). A call the session manager refuses (its ``max_sessions``, or a
+shutdown drain) gets ``503 Service Unavailable`` with ``Retry-After``: the server, not the
+callee, is busy, and a proxy tries another gateway. An offer without PCMU, PCMA or G.722 gets
+``488 Not Acceptable Here``.
+
+Shutdown drains: new calls get 503, live ones may finish for ``sip_drain_timeout_s``, then the
+gateway hangs up the rest (``shutdown``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Coroutine
+from typing import Any, Final
+
+from aiohttp import web
+
+from inzwa_voice.api.keys import CALLS, SETTINGS
+from inzwa_voice.conversation.calls import CallManager, CallRejected
+from inzwa_voice.conversation.session import CallSession
+from inzwa_voice.engines.base import PCM16
+from inzwa_voice.legs.base import CallInfo, LegKind
+from inzwa_voice.legs.paced import CallerAudio
+from inzwa_voice.media.framing import PIPELINE_RATE
+from inzwa_voice.sip.endpoint import EndpointClosed, EndpointConfig, IncomingCall, SipEndpoint
+from inzwa_voice.sip.media import MediaPipe
+from inzwa_voice.sip.uri import refer_uri, uri_user
+
+log = logging.getLogger(__name__)
+
+RETRY_AFTER_S: Final = {"overloaded": 5, "draining": 60}
+"""Seconds a refused caller's proxy should wait, by ``CallRejected.code``."""
+REJECTED: Final = {486: "capacity", 488: "codec"}
+"""pjsua2's own refusals (``onRejectedIncomingCall``) as ``calls_rejected`` reasons."""
+TRANSFER_TIMEOUT_S: Final = 45.0
+"""How long a transfer may take to be reported done: the target may ring for a while."""
+DTMF_DIGITS: Final = frozenset("0123456789*#ABCD")
+MAX_CALL_ID: Final = 128
+
+
+class SipLeg:
+    """One SIP call as a :class:`~inzwa_voice.legs.base.Leg`; its audio is a ``MediaPipe``."""
+
+    kind: LegKind = "sip"
+
+    def __init__(self, key: int, endpoint: SipEndpoint, pipe: MediaPipe) -> None:
+        self.key = key
+        self.session: CallSession | None = None
+        self.gone = False
+        """The far end hung up (BYE, CANCEL) or the call failed: nothing more goes out."""
+        self._endpoint = endpoint
+        self._pipe = pipe
+        self._closed = False
+        self._transfer: asyncio.Future[tuple[int, str]] | None = None
+
+    def attach(self, session: CallSession) -> None:
+        self.session = session
+        self._pipe.connect(CallerAudio(session.feed, PIPELINE_RATE).push, session.marked)
+
+    @property
+    def played_frames(self) -> int:
+        return self._pipe.played_frames
+
+    async def play(self, frame: PCM16) -> None:
+        await self._pipe.play(frame)
+
+    def flush(self) -> int:
+        return self._pipe.flush()
+
+    async def mark(self, name: str) -> None:
+        await self._pipe.mark(name)
+
+    async def send_event(self, event: dict[str, object]) -> None:
+        """SIP carries no JSON events: audio, DTMF, transfer and hangup are all there is."""
+
+    async def close(self, reason: str) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._pipe.close()
+        if not self.gone:
+            with contextlib.suppress(EndpointClosed):
+                await self._endpoint.hangup(self.key)
+
+    def far_end_gone(self) -> None:
+        self.gone = True
+        self._pipe.close()
+        self.transfer_status(0, "the call ended", final=True)
+
+    async def transfer(self, target: str) -> bool:
+        """Blind transfer by REFER; True once the caller's side reports the target answered."""
+        session = self.session
+        if session is None or self.gone or self._transfer is not None:
+            return False
+        uri = refer_uri(target)
+        self._transfer = asyncio.get_running_loop().create_future()
+        status, reason = 0, "REFER not sent"
+        try:
+            if await self._endpoint.transfer(self.key, uri):
+                async with asyncio.timeout(TRANSFER_TIMEOUT_S):
+                    status, reason = await self._transfer
+        except TimeoutError:
+            reason = f"no final report within {TRANSFER_TIMEOUT_S:.0f} s"
+        except EndpointClosed:
+            reason = "the SIP endpoint stopped"
+        finally:
+            self._transfer = None
+        ok = 200 <= status < 300
+        outcome: dict[str, object] = {"target": uri, "ok": ok, "status": status, "reason": reason}
+        log.info("sip transfer", extra={"call_id": session.id, **outcome})
+        await session.manager.record_event(session, "transfer_result", outcome)
+        return ok
+
+    def transfer_status(self, status: int, reason: str, final: bool) -> None:
+        """Our REFER's answer and the NOTIFYs after it; only a final report ends ``transfer``.
+        A REFER refused outright (4xx-6xx) is final too."""
+        if self._transfer is not None and not self._transfer.done() and (final or status >= 300):
+            self._transfer.set_result((status, reason))
+
+
+class SipServer:
+    """Runs the pjsua2 endpoint and turns its calls into sessions; the endpoint's listener."""
+
+    def __init__(self, calls: CallManager, config: EndpointConfig) -> None:
+        self.calls = calls
+        self.endpoint = SipEndpoint(self, config)
+        self._legs: dict[int, SipLeg] = {}
+        self._no_calls = asyncio.Event()
+        self._no_calls.set()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    @property
+    def port(self) -> int | None:
+        """The bound SIP port (UDP and TCP) once started."""
+        return self.endpoint.port
+
+    async def start(self) -> None:
+        await self.endpoint.start()
+
+    async def stop(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.endpoint.stop()
+
+    async def drain(self, timeout_s: float) -> None:
+        """Stop taking calls (503 from now on), let live ones finish, then hang up the rest."""
+        self.calls.draining = True
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout_s):
+                await self._no_calls.wait()
+        for leg in list(self._legs.values()):
+            if leg.session is not None:
+                await leg.session.end("shutdown")
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _error(self, code: str) -> None:
+        self.calls.metrics.call_errors.labels("sip", code).inc()
+
+    # ----- the endpoint's listener (on the loop) -----
+    def incoming(self, key: int, call: IncomingCall, pipe: MediaPipe) -> None:
+        leg = SipLeg(key, self.endpoint, pipe)
+        self._legs[key] = leg
+        self._no_calls.clear()
+        self._spawn(self._admit(leg, call))
+
+    async def _admit(self, leg: SipLeg, call: IncomingCall) -> None:
+        info = CallInfo(
+            leg="sip",
+            caller=uri_user(call.from_header),
+            dialled=uri_user(call.request_uri),
+            external_id=call.call_id[:MAX_CALL_ID],
+        )
+        extra = {"sip_call": leg.key, "caller": info.caller, "dialled": info.dialled, "source": call.source}
+        try:
+            session = await self.calls.start(leg, info)
+        except CallRejected as exc:
+            log.info("sip call refused", extra={**extra, "reason": exc.code})
+            retry = {"Retry-After": str(RETRY_AFTER_S.get(exc.code, 5))}
+            await self.endpoint.answer(leg.key, 503, retry)
+            return
+        except Exception:
+            log.exception("sip call failed to start", extra=extra)
+            self._error("start_failed")
+            await self.endpoint.answer(leg.key, 500)
+            return
+        leg.attach(session)
+        log.info("sip call", extra={**extra, "call_id": session.id})
+        if leg.gone:  # CANCEL (or a dropped INVITE) while the session was starting
+            await session.hangup("caller_hangup")
+        elif not await self.endpoint.answer(leg.key, 200) and not leg.gone:
+            self._error("answer_failed")
+            await session.end("error")
+
+    def ended(self, key: int, status: int, reason: str) -> None:
+        leg = self._legs.pop(key, None)
+        if not self._legs:
+            self._no_calls.set()
+        if leg is None:
+            return
+        leg.far_end_gone()
+        if leg.session is not None:  # already ended if the hangup was ours
+            self._spawn(leg.session.hangup("caller_hangup"))
+        log.info("sip call ended", extra={"sip_call": key, "status": status, "reason": reason})
+
+    def dtmf(self, key: int, digit: str) -> None:
+        leg = self._legs.get(key)
+        if leg is None or leg.session is None:
+            return
+        if digit in DTMF_DIGITS:
+            leg.session.dtmf(digit)
+        else:
+            self._error("bad_dtmf")
+
+    def transfer_status(self, key: int, status: int, reason: str, final: bool) -> None:
+        leg = self._legs.get(key)
+        if leg is not None:
+            leg.transfer_status(status, reason, final)
+
+    def rejected(self, status: int, reason: str) -> None:
+        self.calls.metrics.calls_rejected.labels("sip", REJECTED.get(status, "invalid")).inc()
+        log.info("sip call refused by pjsua2", extra={"status": status, "reason": reason})
+
+
+SIP = web.AppKey("sip", SipServer)
+
+
+def setup(app: web.Application) -> None:
+    """Run the SIP endpoint beside the HTTP app; call after ``app[CALLS]`` is set and before the
+    app's own ``on_shutdown`` handler that ends all calls, so the drain comes first.
+
+    The server object is stored under :data:`SIP` at once (its ``port`` is set when it listens).
+    Start-up fails if the port is taken, like AudioSocket's.
+    """
+    settings = app[SETTINGS]
+    config = EndpointConfig(
+        host=settings.sip_host,
+        port=settings.sip_port,
+        rtp_port=settings.sip_rtp_port,
+        log_level=4 if settings.log_level == "DEBUG" else 2,
+    )
+    server = SipServer(app[CALLS], config)
+    app[SIP] = server
+    if not settings.sip_enabled:
+        return
+
+    async def endpoint(app: web.Application) -> AsyncIterator[None]:
+        await server.start()
+        yield
+        await server.stop()
+
+    async def drain(app: web.Application) -> None:
+        await server.drain(settings.sip_drain_timeout_s)
+
+    app.cleanup_ctx.append(endpoint)
+    app.on_shutdown.append(drain)

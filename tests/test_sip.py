@@ -1,0 +1,570 @@
+"""The SIP leg end to end: SIPp calls the gateway's pjsua2 endpoint on loopback, real engines.
+
+Every call is a SIPp scenario from ``sip/sipp`` run as a subprocess (bounded by ``-timeout``
+and killed in ``finally``) against a gateway listening on a free port. A test waits on SIPp's
+exit, on what the gateway writes to its call records (:class:`Records`) or on the media it
+receives, never on a sleep. The caller's speech comes from the packaged TTS, turned into an RTP
+pcap by ``inzwa_voice.sip.pcap``; the bot's answer is captured by :class:`RtpPhone`, an RTP
+endpoint of the test's own, and transcribed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import shutil
+import socket
+import struct
+import wave
+from collections.abc import AsyncIterator, Callable, Coroutine
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, cast
+
+import numpy as np
+import pytest
+
+from inzwa_voice.api.keys import CALLS
+from inzwa_voice.conversation.session import CallSession
+from inzwa_voice.engines.registry import Engines
+from inzwa_voice.legs.sip import SIP, SipLeg
+from inzwa_voice.media.g711 import ulaw_decode, ulaw_encode
+from inzwa_voice.media.resample import Resampler
+from inzwa_voice.sip.endpoint import EndpointConfig, SipEndpoint
+from inzwa_voice.sip.pcap import wav_to_pcap
+from inzwa_voice.sip.sdp import best_codec, narrow_answer
+from inzwa_voice.sip.uri import refer_uri, request_uri, uri_user
+from tests.conftest import Server, ServerFactory, english_server, speak
+
+
+@pytest.fixture(autouse=True, scope="module")
+def sipp_installed() -> None:
+    """SIPp is a real peer these tests need; `make test` installs it (Debian's sip-tester)."""
+    assert shutil.which("sipp") is not None, "SIPp is missing: run `make test` (it installs sip-tester)"
+
+
+SCENARIOS = Path(__file__).resolve().parents[1] / "sip" / "sipp"
+DTMF_PCAPS = Path("/usr/share/sip-tester")
+QUESTION = "Hello. Where is the nearest clinic?"
+CALLER = "+263771234567"
+SERVICE = "helpline"  # no rule matches it: the English dialplan's default profile answers
+SIPP_TIMEOUT_S = 60
+
+
+# ----- SDP and URI helpers -----
+
+# The answer pjsua2 builds for an incoming offer, before negotiation: every codec we take.
+LOCAL_SDP = "\r\n".join(
+    [
+        "v=0",
+        "o=- 4004235099 4004235099 IN IP4 127.0.0.1",
+        "s=pjmedia",
+        "b=AS:84",
+        "t=0 0",
+        "a=X-nat:0",
+        "m=audio 4000 RTP/AVP 9 0 8 120",
+        "c=IN IP4 127.0.0.1",
+        "b=TIAS:64000",
+        "a=rtcp:4001 IN IP4 127.0.0.1",
+        "a=sendrecv",
+        "a=rtpmap:9 G722/8000",
+        "a=rtpmap:0 PCMU/8000",
+        "a=rtpmap:8 PCMA/8000",
+        "a=rtpmap:120 telephone-event/8000",
+        "a=fmtp:120 0-16",
+        "a=ssrc:1716448938 cname:7c57aeb24e6cace8",
+        "",
+    ]
+)
+
+
+def offer(formats: str, *extra: str) -> str:
+    return "\r\n".join(
+        ["v=0", "o=sipp 1 1 IN IP4 127.0.0.1", "s=-", "t=0 0", f"m=audio 6000 RTP/AVP {formats}", *extra]
+    )
+
+
+def test_the_answer_keeps_our_best_codec_the_offer_has() -> None:
+    # The caller lists PCMU first; G.722 is ours to prefer.
+    narrowed = narrow_answer(LOCAL_SDP, offer("0 9 101", "a=rtpmap:101 telephone-event/8000"))
+    assert narrowed is not None
+    lines = narrowed.split("\r\n")
+    assert "m=audio 4000 RTP/AVP 9 120" in lines
+    assert "a=rtpmap:0 PCMU/8000" not in lines and "a=rtpmap:8 PCMA/8000" not in lines
+    assert "a=fmtp:120 0-16" in lines and "a=rtcp:4001 IN IP4 127.0.0.1" in lines and lines[-1] == ""
+    # A dynamic payload type for G.722 is found by its rtpmap; PCMA alone gives PCMA.
+    assert best_codec(offer("96 0", "a=rtpmap:96 G722/8000")) == "G722"
+    narrowed = narrow_answer(LOCAL_SDP, offer("8"))
+    assert narrowed is not None and "m=audio 4000 RTP/AVP 8 120" in narrowed.split("\r\n")
+    # Nothing in common (GSM only), or no audio at all: left to pjsua2, which answers 488.
+    assert narrow_answer(LOCAL_SDP, offer("3")) is None
+    assert narrow_answer(LOCAL_SDP, "v=0\r\nm=video 6000 RTP/AVP 96\r\n") is None
+
+
+def test_numbers_are_read_from_headers_and_targets_become_uris() -> None:
+    assert uri_user('"Ann" <sip:+263771234567@10.0.0.1;user=phone>;tag=abc') == "+263771234567"
+    assert uri_user("sip:alice:secret@example.org;transport=tcp") == "alice"
+    assert uri_user("<sips:%2B26377@h>") == "+26377"
+    assert uri_user("<tel:+263242123456;phone-context=zw>") == "+263242123456"
+    assert uri_user("<sip:example.org>") == "" and uri_user("garbage") == ""
+    assert uri_user("<sip:" + "9" * 500 + "@h>") == "9" * 64
+    assert request_uri("INVITE sip:+100@127.0.0.1:5060 SIP/2.0\r\nVia: x\r\n") == "sip:+100@127.0.0.1:5060"
+    assert request_uri("garbage") == ""
+    assert refer_uri("+263242123456") == "tel:+263242123456"
+    assert refer_uri("sip:counsellor@127.0.0.1:5070") == "sip:counsellor@127.0.0.1:5070"
+
+
+# ----- running SIPp -----
+
+
+def free_udp_ports(count: int) -> int:
+    """A base port with ``count`` consecutive free UDP ports (SIPp's -mp takes mp..mp+3)."""
+    for _ in range(200):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.bind(("127.0.0.1", 0))
+            base = probe.getsockname()[1] & ~1
+        if base + count > 65535:
+            continue
+        with contextlib.ExitStack() as stack:
+            try:
+                for port in range(base, base + count):
+                    sock = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
+                    sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return base
+    raise RuntimeError("no free UDP port range on 127.0.0.1")
+
+
+_runs = itertools.count(1)
+
+
+@dataclass
+class Sipp:
+    returncode: int
+    messages: str
+    errors: str
+
+    def responses(self) -> list[str]:
+        """Status lines SIPp received or sent, in order, without the provisional 100 Trying."""
+        lines = (line.strip() for line in self.messages.splitlines())
+        return [line for line in lines if line.startswith("SIP/2.0 ") and line != "SIP/2.0 100 Trying"]
+
+
+async def sipp(
+    server: Server,
+    scenario: str,
+    workdir: Path,
+    *,
+    calls: int = 1,
+    transport: str = "u1",
+    codecs: str = "0",
+    **keys: str,
+) -> Sipp:
+    """Run one SIPp scenario to its end against the server; the process never outlives this."""
+    port = server.app[SIP].port
+    assert port is not None, "the SIP endpoint is not listening"
+    name = f"{Path(scenario).stem}-{next(_runs)}"
+    messages, errors = workdir / f"{name}.messages.log", workdir / f"{name}.errors.log"
+    args = ["-sf", str(SCENARIOS / scenario), f"127.0.0.1:{port}", "-i", "127.0.0.1", "-t", transport]
+    args += ["-p", str(free_udp_ports(1)), "-mp", str(free_udp_ports(4)), "-s", SERVICE]
+    args += ["-m", str(calls), "-l", str(calls), "-nostdin", "-timeout", f"{SIPP_TIMEOUT_S}s", "-timeout_error"]
+    args += ["-trace_err", "-error_file", str(errors), "-trace_msg", "-message_file", str(messages)]
+    args += ["-cid_str", "inzwa-test-%u-%p@%s"]
+    for key, value in {"caller": CALLER, "codecs": codecs, **keys}.items():
+        args += ["-key", key, value]
+    process = await asyncio.create_subprocess_exec(
+        "sipp", *args, cwd=workdir, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL
+    )
+    try:
+        async with asyncio.timeout(SIPP_TIMEOUT_S + 15):
+            returncode = await process.wait()
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    return Sipp(returncode, _text(messages), _text(errors))
+
+
+def _text(path: Path) -> str:
+    """A SIPp log, or "" when SIPp wrote none (it writes the error log only on errors)."""
+    return path.read_text(errors="replace") if path.exists() else ""
+
+
+@contextlib.asynccontextmanager
+async def running(call: Coroutine[Any, Any, Sipp]) -> AsyncIterator[asyncio.Task[Sipp]]:
+    """A SIPp run in the background while the test drives the call; always awaited to its end."""
+    task = asyncio.ensure_future(call)
+    try:
+        yield task
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+# ----- what the gateway records -----
+
+
+class Records:
+    """What one gateway records, kept in order, with a way to wait for it.
+
+    The call record writes are the moments the tests look at: a turn is written once its answer
+    has played, an event when it happens, the end once the call is over. pjsua2's own refusals
+    (486, 488, 400) are noted too: pjsua2 reports them just after the response went out, so a
+    test waits for the note before it reads the metric.
+    """
+
+    def __init__(self, server: Server, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.items: list[tuple[str, str, Any]] = []  # (what, call id, data)
+        self._changed = asyncio.Event()
+        manager, sip = server.app[CALLS], server.app[SIP]
+        for what in ("record_start", "record_turn", "record_event", "record_end"):
+            monkeypatch.setattr(manager, what, self._recording(what, getattr(manager, what)))
+        rejected = sip.rejected
+
+        def note_rejected(status: int, reason: str) -> None:
+            rejected(status, reason)
+            self._note("rejected", "", status)
+
+        monkeypatch.setattr(sip, "rejected", note_rejected)
+
+    def _note(self, what: str, call_id: str, data: Any) -> None:
+        self.items.append((what, call_id, data))
+        self._changed.set()
+
+    def _recording(self, what: str, write: Callable[..., Any]) -> Callable[..., Any]:
+        async def record(session: CallSession, *args: Any, **kwargs: Any) -> None:
+            await write(session, *args, **kwargs)
+            self._note(what, session.id, args)
+
+        return record
+
+    def of(self, what: str) -> list[tuple[str, Any]]:
+        return [(call_id, data) for kind, call_id, data in self.items if kind == what]
+
+    def refusals(self) -> list[int]:
+        return [status for _, status in self.of("rejected")]
+
+    async def until(self, check: Callable[[], bool], timeout_s: float = 90) -> None:
+        async with asyncio.timeout(timeout_s):
+            while not check():
+                self._changed.clear()
+                await self._changed.wait()
+
+
+@pytest.fixture
+def workdir(tmp_path: Path) -> Path:
+    """SIPp's working directory: the pcaps it plays (speech.pcap, dtmf.pcap) and its logs."""
+    return tmp_path
+
+
+async def sip_server(make_server: ServerFactory, **overrides: object) -> Server:
+    return await english_server(make_server, sip_enabled=True, sip_port=0, **overrides)
+
+
+async def call_record(server: Server, call_id: str) -> dict[str, Any]:
+    async with server.http.get(f"{server.v1}/admin/calls/{call_id}") as resp:
+        assert resp.status == 200
+        record: dict[str, Any] = await resp.json()
+        return record
+
+
+def rejected(engines: Engines, reason: str) -> float:
+    labels = {"leg": "sip", "reason": reason}
+    return engines.metrics.registry.get_sample_value("inzwa_calls_rejected_total", labels) or 0.0
+
+
+def write_wav(path: Path, samples: np.ndarray, rate: int) -> Path:
+    with wave.open(str(path), "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(rate)
+        out.writeframes(samples.astype("<i2").tobytes())
+    return path
+
+
+def silence_pcap(workdir: Path, seconds: float = 1.0) -> None:
+    wav = write_wav(workdir / "silence.wav", np.zeros(int(8000 * seconds), dtype=np.int16), 8000)
+    wav_to_pcap(wav, workdir / "speech.pcap", "pcmu")
+
+
+def sip_sessions(server: Server) -> list[CallSession]:
+    return [s for s in server.app[CALLS].sessions.values() if s.info.leg == "sip"]
+
+
+# ----- calls -----
+
+
+async def test_dtmf_and_hold_over_tcp_then_the_caller_hangs_up(
+    make_server: ServerFactory, workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server = await sip_server(make_server)
+    records = Records(server, monkeypatch)
+    shutil.copy(DTMF_PCAPS / "dtmf_2833_5.pcap", workdir / "dtmf.pcap")
+    # PCMU is offered first and G.722 last: the gateway answers with G.722 all the same.
+    result = await sipp(server, "uac_dtmf.xml", workdir, transport="t1", codecs="0 8 9", info_digit="7")
+    assert result.returncode == 0, result.errors
+    assert result.responses()[:2] == ["SIP/2.0 180 Ringing", "SIP/2.0 200 OK"]
+    answer = result.messages.split("SIP/2.0 200 OK", 1)[1].splitlines()
+    media = next(line for line in answer if line.startswith("m=audio"))
+    assert media.split()[3:] == ["9", "101"], media  # G.722, and telephone-event for the digits
+    await records.until(lambda: bool(records.of("record_end")))
+    (call_id, (disposition,)), *_ = records.of("record_end")
+    assert disposition == "caller_hangup"
+    record = await call_record(server, call_id)
+    assert record["leg"] == "sip" and record["caller"] == CALLER and record["dialled"] == SERVICE
+    assert record["external_id"].startswith("inzwa-test-")
+    digits = [e["data"]["digit"] for e in record["events"] if e["kind"] == "dtmf"]
+    assert digits == ["5", "7"], "the RFC 4733 digit after unhold, then the SIP INFO one"
+
+
+async def test_a_spoken_question_is_heard_and_the_gateway_hangs_up(
+    make_server: ServerFactory, engines: Engines, workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server = await sip_server(make_server)
+    records = Records(server, monkeypatch)
+    question = await speak(engines, QUESTION, rate=8000)
+    pause = np.zeros(8000, dtype=np.int16)  # a second of silence after it: the caller waits
+    wav_to_pcap(
+        write_wav(workdir / "question.wav", np.concatenate((question, pause)), 8000), workdir / "speech.pcap", "pcmu"
+    )
+    async with running(sipp(server, "uac_speech.xml", workdir)) as caller:
+        await records.until(lambda: bool(records.of("record_turn")))
+        (call_id, (turn, *_)), *_ = records.of("record_turn")
+        assert "clinic" in (turn.caller_text or "").lower()
+        session = server.app[CALLS].sessions[call_id]
+        assert isinstance(session.leg, SipLeg) and session.leg.played_frames > 50, "the answer went out as RTP"
+        async with server.http.post(f"{server.v1}/admin/calls/{call_id}/hangup?goodbye=false") as resp:
+            assert resp.status == 200
+        result = await caller  # SIPp only ends well after the gateway's BYE
+    assert result.returncode == 0, result.errors
+    assert result.responses()[:2] == ["SIP/2.0 180 Ringing", "SIP/2.0 200 OK"]
+    record = await call_record(server, call_id)
+    assert record["disposition"] == "admin_hangup" and record["profile"] == "english"
+    assert "clinic" in record["turns"][0]["caller_text"].lower()
+
+
+class RtpPhone(asyncio.DatagramProtocol):
+    """The caller's phone, as far as media goes: PCMU RTP from one port, both ways.
+
+    It learns the gateway's RTP address from the first packet the gateway sends (pjsua2 sends
+    as soon as the call is up), then speaks every 20 ms from the port the SDP offer gave, like
+    a phone: the question, then silence. Everything the gateway sends after the question is
+    kept as the bot's answer.
+    """
+
+    def __init__(self) -> None:
+        self.transport: asyncio.DatagramTransport | None = None
+        self.gateway: tuple[str, int] | None = None
+        self.heard_gateway = asyncio.Event()
+        self.answer: list[bytes] = []
+        self._listening = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.DatagramTransport, transport)
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        if self.gateway is None:
+            self.gateway = addr
+            self.heard_gateway.set()
+        if self._listening and len(data) > 12 and data[1] & 0x7F == 0:
+            self.answer.append(data[12:])
+
+    async def speak(self, speech: np.ndarray, stop: asyncio.Event) -> None:
+        await self.heard_gateway.wait()
+        assert self.transport is not None
+        loop = asyncio.get_running_loop()
+        frames = [speech[i : i + 160] for i in range(0, len(speech) - 159, 160)]
+        silence = np.zeros(160, dtype=np.int16)
+        started, seq = loop.time(), 0
+        while not stop.is_set():
+            frame = frames[seq] if seq < len(frames) else silence
+            self._listening = seq >= len(frames)
+            header = struct.pack(">BBHII", 0x80, 0, seq & 0xFFFF, (seq * 160) & 0xFFFFFFFF, 0x5EED)
+            self.transport.sendto(header + ulaw_encode(frame), self.gateway)
+            seq += 1
+            await asyncio.sleep(max(0.0, started + seq * 0.02 - loop.time()))  # a phone's 20 ms clock
+
+
+async def test_the_answer_comes_back_as_rtp_speech(
+    make_server: ServerFactory, engines: Engines, workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server = await sip_server(make_server)
+    records = Records(server, monkeypatch)
+    question = await speak(engines, QUESTION, rate=8000)
+    loop = asyncio.get_running_loop()
+    transport, phone = await loop.create_datagram_endpoint(RtpPhone, local_addr=("127.0.0.1", 0))
+    stop = asyncio.Event()
+    speaking = asyncio.ensure_future(phone.speak(question, stop))
+    rtp_port = str(transport.get_extra_info("sockname")[1])
+    try:
+        async with running(sipp(server, "uac_external_media.xml", workdir, rtp_port=rtp_port)) as caller:
+            await records.until(lambda: bool(records.of("record_turn")))
+            (call_id, (turn, *_)), *_ = records.of("record_turn")
+            stop.set()
+            async with server.http.post(f"{server.v1}/admin/calls/{call_id}/hangup?goodbye=false") as resp:
+                assert resp.status == 200
+            result = await caller
+    finally:
+        stop.set()
+        await speaking
+        transport.close()
+    assert result.returncode == 0, result.errors
+    assert "clinic" in (turn.caller_text or "").lower()
+    answer = ulaw_decode(b"".join(phone.answer))
+    assert len(answer) > 8000 and np.abs(answer).max() > 2000, "a second or more of audible answer"
+    heard = await engines.transcribe(
+        Resampler(8000, 16000).process(answer).astype(np.float32) / np.float32(32768), language="en"
+    )
+    assert heard.text.strip(), "the answer's RTP decodes to speech"
+
+
+async def test_dtmf_zero_transfers_the_caller_by_refer(
+    make_server: ServerFactory, workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server = await sip_server(make_server)
+    records = Records(server, monkeypatch)
+    shutil.copy(DTMF_PCAPS / "dtmf_2833_0.pcap", workdir / "dtmf.pcap")
+    result = await sipp(server, "uac_refer.xml", workdir)
+    assert result.returncode == 0, result.errors  # REFER accepted, NOTIFY 200 answered, then our BYE
+    refer_to = [line for line in result.messages.splitlines() if line.startswith("Refer-To:")]
+    assert refer_to and "sip:counsellor@127.0.0.1:5070" in refer_to[0]
+    await records.until(lambda: bool(records.of("record_end")))
+    (call_id, (disposition,)), *_ = records.of("record_end")
+    assert disposition == "transferred"
+    events = {e["kind"]: e["data"] for e in (await call_record(server, call_id))["events"]}
+    assert events["transfer"] == {"reason": "dtmf", "target": "sip:counsellor@127.0.0.1:5070"}
+    assert events["transfer_result"] == {
+        "target": "sip:counsellor@127.0.0.1:5070",
+        "ok": True,
+        "status": 200,
+        "reason": "OK",
+    }
+
+
+async def test_cancel_while_the_session_starts(
+    make_server: ServerFactory, workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server = await sip_server(make_server)
+    manager, sip = server.app[CALLS], server.app[SIP]
+    records = Records(server, monkeypatch)
+    # Hold the session's start until the CANCEL has ended the call, so the caller gives up in
+    # the middle of admission: the race a slow start would lose.
+    cancelled = asyncio.Event()
+    ended, start_session = sip.ended, manager.start
+
+    def note_end(key: int, status: int, reason: str) -> None:
+        ended(key, status, reason)
+        cancelled.set()
+
+    async def start_after_cancel(*args: Any, **kwargs: Any) -> CallSession:
+        await cancelled.wait()
+        return await start_session(*args, **kwargs)
+
+    monkeypatch.setattr(sip, "ended", note_end)
+    monkeypatch.setattr(manager, "start", start_after_cancel)
+    result = await sipp(server, "uac_cancel.xml", workdir)
+    assert result.returncode == 0, result.errors
+    assert result.responses() == ["SIP/2.0 180 Ringing", "SIP/2.0 200 OK", "SIP/2.0 487 Request Terminated"]
+    await records.until(lambda: bool(records.of("record_end")))
+    assert [data for _, data in records.of("record_end")] == [("caller_hangup",)]
+    assert not sip_sessions(server)
+
+
+async def test_a_fifth_call_is_busy(
+    make_server: ServerFactory, engines: Engines, workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server = await sip_server(make_server)
+    records = Records(server, monkeypatch)
+    silence_pcap(workdir)
+    busy = rejected(engines, "capacity")
+    async with running(sipp(server, "uac_speech.xml", workdir, calls=4)) as four:
+        await records.until(lambda: len(records.of("record_start")) == 4)
+        refused = await sipp(server, "uac_refused.xml", workdir)
+        assert refused.returncode == 0, refused.errors
+        assert refused.responses() == ["SIP/2.0 486 Busy Here"]
+        await records.until(lambda: records.refusals() == [486])
+        assert rejected(engines, "capacity") == busy + 1
+        # pjsua2 keeps global state: a second endpoint in this process is refused at start.
+        with pytest.raises(RuntimeError, match="one SIP endpoint per process"):
+            await SipEndpoint(server.app[SIP], EndpointConfig(port=0)).start()
+        for session in sip_sessions(server):
+            await session.end("admin_hangup")
+        result = await four
+    assert result.returncode == 0, result.errors
+
+
+async def test_a_drain_refuses_new_calls_then_hangs_up_live_ones(
+    make_server: ServerFactory, engines: Engines, workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server = await sip_server(make_server)
+    records = Records(server, monkeypatch)
+    silence_pcap(workdir)
+    draining = rejected(engines, "draining")
+    async with running(sipp(server, "uac_speech.xml", workdir)) as live:
+        await records.until(lambda: bool(records.of("record_start")))
+        drain = asyncio.ensure_future(server.app[SIP].drain(2.0))
+        refused = await sipp(server, "uac_refused.xml", workdir)
+        assert refused.returncode == 0, refused.errors
+        assert refused.responses()[-1] == "SIP/2.0 503 Service Unavailable"
+        assert "Retry-After: 60" in refused.messages
+        assert rejected(engines, "draining") == draining + 1
+        await drain  # the live call had its 2 s; then the gateway hung up
+        result = await live
+    assert result.returncode == 0, result.errors
+    assert [data for _, data in records.of("record_end")] == [("shutdown",)]
+
+
+def exchange_udp(port: int, datagrams: list[bytes]) -> str:
+    """Send datagrams in order from one socket; return the first reply's status line."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.settimeout(10)
+        own = str(sock.getsockname()[1]).encode()
+        for datagram in datagrams:
+            sock.sendto(datagram.replace(b"OWN_PORT", own), ("127.0.0.1", port))
+        return sock.recv(65535).split(b"\r\n", 1)[0].decode()
+
+
+INVITE = (
+    b"INVITE sip:helpline@127.0.0.1 SIP/2.0\r\n"
+    b"Via: SIP/2.0/UDP 127.0.0.1:OWN_PORT;branch=z9hG4bK-bad-%d\r\n"
+    b"From: <sip:intruder@127.0.0.1>;tag=bad\r\n"
+    b"To: <sip:helpline@127.0.0.1>\r\n"
+    b"Call-ID: bad-%d@127.0.0.1\r\n"
+    b"CSeq: %s INVITE\r\n"
+    b"Contact: <sip:intruder@127.0.0.1:OWN_PORT>\r\n"
+    b"Max-Forwards: 70\r\n"
+    b"Content-Type: application/sdp\r\n"
+    b"Content-Length: %d\r\n\r\n%s"
+)
+
+
+async def test_bad_input_gets_an_error_or_is_dropped_and_calls_go_on(
+    make_server: ServerFactory, engines: Engines, workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server = await sip_server(make_server)
+    records = Records(server, monkeypatch)
+    port = server.app[SIP].port
+    assert port is not None
+    invalid, codec = rejected(engines, "invalid"), rejected(engines, "codec")
+    garbage = b"\x00\xff\x13 not SIP at all \r\n\r\n"
+    bad_cseq = INVITE % (1, 1, b"one", 0, b"")  # a syntax error: pjsip drops it
+    bad_sdp = INVITE % (2, 2, b"1", 11, b"v=0\r\nhello")
+    # Replies come in order: the first one answers the last datagram, so the two before it got none.
+    status = await asyncio.to_thread(exchange_udp, port, [garbage, bad_cseq, bad_sdp])
+    assert status == "SIP/2.0 400 Bad SDP"
+    await records.until(lambda: records.refusals() == [400])
+    assert rejected(engines, "invalid") == invalid + 1
+    # An offer of GSM only: no codec in common.
+    refused = await sipp(server, "uac_refused.xml", workdir, codecs="3")
+    assert refused.returncode == 0, refused.errors
+    assert refused.responses() == ["SIP/2.0 488 Not Acceptable Here"]
+    await records.until(lambda: records.refusals() == [400, 488])
+    assert rejected(engines, "codec") == codec + 1
+    # The gateway still answers a good call, to the end.
+    shutil.copy(DTMF_PCAPS / "dtmf_2833_1.pcap", workdir / "dtmf.pcap")
+    result = await sipp(server, "uac_dtmf.xml", workdir, info_digit="2")
+    assert result.returncode == 0, result.errors
