@@ -17,6 +17,7 @@ from aiohttp import ClientSession, web
 from inzwa_voice.app import build_app
 from inzwa_voice.config import Settings, load_settings
 from inzwa_voice.engines.registry import Engines
+from inzwa_voice.media.resample import Resampler
 from inzwa_voice.telemetry import Metrics
 
 
@@ -88,6 +89,12 @@ ENGLISH_DIALPLAN = Path(__file__).parent / "dialplans" / "english.yaml"
 async def english_server(make_server: ServerFactory, **overrides: object) -> Server:
     """A gateway whose calls are in English (tests/dialplans/english.yaml), so ASR checks words."""
     return await make_server(language="en", tts_voice="joe", dialplan_path=ENGLISH_DIALPLAN, **overrides)
+
+
+async def transcript(engines: Engines, pcm: np.ndarray, rate: int) -> str:
+    """What ASR hears in audio a caller received (int16 at ``rate``), in English."""
+    audio = Resampler(rate, 16000).process(pcm.astype(np.int16)).astype(np.float32) / np.float32(32768)
+    return (await engines.transcribe(audio, language="en")).text.strip()
 
 
 async def speak(engines: Engines, text: str, *, voice: str = "joe", rate: int = 16000) -> np.ndarray:

@@ -30,12 +30,11 @@ from inzwa_voice.conversation.session import CallSession
 from inzwa_voice.engines.registry import Engines
 from inzwa_voice.legs.sip import SIP, SipLeg
 from inzwa_voice.media.g711 import ulaw_decode, ulaw_encode
-from inzwa_voice.media.resample import Resampler
 from inzwa_voice.sip.endpoint import EndpointConfig, SipEndpoint
 from inzwa_voice.sip.pcap import wav_to_pcap
 from inzwa_voice.sip.sdp import best_codec, narrow_answer
 from inzwa_voice.sip.uri import refer_uri, request_uri, uri_user
-from tests.conftest import Server, ServerFactory, english_server, speak
+from tests.conftest import Server, ServerFactory, english_server, speak, transcript
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -415,10 +414,7 @@ async def test_the_answer_comes_back_as_rtp_speech(
     assert "clinic" in (turn.caller_text or "").lower()
     answer = ulaw_decode(b"".join(phone.answer))
     assert len(answer) > 8000 and np.abs(answer).max() > 2000, "a second or more of audible answer"
-    heard = await engines.transcribe(
-        Resampler(8000, 16000).process(answer).astype(np.float32) / np.float32(32768), language="en"
-    )
-    assert heard.text.strip(), "the answer's RTP decodes to speech"
+    assert await transcript(engines, answer, 8000), "the answer's RTP decodes to speech"
 
 
 async def test_dtmf_zero_transfers_the_caller_by_refer(

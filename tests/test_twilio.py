@@ -12,16 +12,14 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import numpy as np
 import pytest
-import soxr
 
 from inzwa_voice.api.keys import CALLS
 from inzwa_voice.engines.registry import Engines
 from inzwa_voice.legs.twilio import MEDIA_PATH, VOICE_PATH, signature
 from inzwa_voice.simulator import twilio as sim
 from inzwa_voice.simulator.twilio import TwilioCaller
-from tests.conftest import Server, ServerFactory, english_server, speak
+from tests.conftest import Server, ServerFactory, english_server, speak, transcript
 
 GOLDEN = Path(__file__).parent / "golden" / "twilio"
 QUESTION = "Hello. Where is the nearest clinic?"
@@ -57,11 +55,6 @@ async def call(server: Server, **options: Any) -> TwilioCaller:
     caller = TwilioCaller(server.http, media_url(server), **options)
     await caller.connect()
     return caller
-
-
-async def transcript(engines: Engines, audio_8k: np.ndarray) -> str:
-    audio = soxr.resample(audio_8k.astype(np.float32) / np.float32(32768), 8000, 16000)
-    return (await engines.transcribe(audio.astype(np.float32), language="en")).text.strip()
 
 
 def test_the_simulator_speaks_twilios_documented_messages() -> None:
@@ -156,7 +149,7 @@ async def test_a_spoken_question_gets_a_spoken_answer(make_server: ServerFactory
         (session,) = server.app[CALLS].sessions.values()
         asked = [m.content for m in session._memory.messages if m.role == "user"]
         assert "clinic" in " ".join(asked).lower(), asked  # μ-law 8 kHz in, heard right
-        assert await transcript(engines, caller.bot_audio())
+        assert await transcript(engines, caller.bot_audio(), 8000)
         ours = golden("to_twilio")
         assert shape(caller.last["media"]) == shape(ours["media"])
         assert shape(caller.last["mark"]) == shape(ours["mark"])
@@ -253,7 +246,7 @@ async def test_bad_messages_beside_a_healthy_call(make_server: ServerFactory, en
         healthy.say(await speak(engines, QUESTION, rate=8000))
         await healthy.said()
         await healthy.heard(1000)
-        assert await transcript(engines, healthy.bot_audio())
+        assert await transcript(engines, healthy.bot_audio(), 8000)
     finally:
         await healthy.hang_up()
 

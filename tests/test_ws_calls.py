@@ -5,12 +5,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
-import numpy as np
 import pytest
 
 from inzwa_voice.engines.registry import Engines
 from inzwa_voice.simulator.ws import WsCaller
-from tests.conftest import Server, ServerFactory, english_server, speak
+from tests.conftest import Server, ServerFactory, english_server, speak, transcript
 
 QUESTION = "Hello. Where is the nearest clinic?"
 
@@ -40,8 +39,7 @@ async def test_a_spoken_question_gets_a_spoken_answer(make_server: ServerFactory
         assert {"endpoint", "asr_final", "first_frame_sent"} <= set(metrics["latency_ms"])
         answer = caller.bot_audio()
         assert len(answer) > 16000 // 2
-        heard = await engines.transcribe(answer.astype(np.float32) / np.float32(32768), language="en")
-        assert heard.text.strip()
+        assert await transcript(engines, answer, 16000)
         assert caller.events("llm.partial")
     finally:
         await caller.hang_up()

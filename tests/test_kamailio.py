@@ -1,0 +1,176 @@
+"""SIP scale-out: Kamailio's dispatcher in front of two gateway processes, SIPp calling it.
+
+Each gateway is a real ``inzwa-voice serve`` (one pjsua2 endpoint, at most 4 calls) on its own
+SIP port, RTP range and call database. Kamailio runs ``sip/kamailio/kamailio.cfg`` in the
+foreground with a dispatcher list naming both, on a free loopback port. Eight concurrent calls
+must all be answered, four by each gateway; with one gateway stopped, four more calls must all
+be answered by the other (Kamailio fails over on a timeout and marks the dead one inactive).
+
+Every process is bounded by a timeout and stopped in ``finally``. The only polling is on
+Kamailio's own view of its gateways (``kamcmd dispatcher.list``), bounded, since its OPTIONS
+probes run on a timer no test can hook.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+import shutil
+import socket
+import subprocess
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from inzwa_voice.simulator.process import gateway_process
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG = ROOT / "sip" / "kamailio" / "kamailio.cfg"
+SCENARIO = ROOT / "sip" / "sipp" / "uac_basic.xml"
+CALLER = "+263771234567"
+SERVICE = "helpline"
+SIPP_TIMEOUT_S = 60
+STATE_TIMEOUT_S = 20
+
+
+@pytest.fixture(autouse=True, scope="module")
+def tools_installed() -> None:
+    """Kamailio and SIPp are real peers here; `make test` installs them (kamailio, sip-tester)."""
+    for tool in ("kamailio", "kamcmd", "sipp"):
+        assert shutil.which(tool) is not None, f"{tool} is missing: run `make test` (it installs it)"
+
+
+def free_udp_tcp_ports(count: int) -> int:
+    """A base port with ``count`` consecutive ports free on 127.0.0.1 for both UDP and TCP."""
+    for _ in range(200):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.bind(("127.0.0.1", 0))
+            base = probe.getsockname()[1] & ~1
+        if base + count > 65535:
+            continue
+        with contextlib.ExitStack() as stack:
+            try:
+                for port in range(base, base + count):
+                    for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
+                        sock = stack.enter_context(socket.socket(socket.AF_INET, kind))
+                        sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return base
+    raise RuntimeError("no free port range on 127.0.0.1")
+
+
+@contextlib.contextmanager
+def gateway(tmp: Path, name: str) -> Iterator[tuple[str, int, subprocess.Popen[str]]]:
+    """One gateway process on its own SIP port, RTP range and database: (URL, SIP port, process)."""
+    sip_port = free_udp_tcp_ports(1)
+    env = {
+        "INZWA_SIP_HOST": "127.0.0.1",
+        "INZWA_SIP_PORT": str(sip_port),
+        "INZWA_SIP_RTP_PORT": str(free_udp_tcp_ports(16)),
+        "INZWA_SIP_DRAIN_TIMEOUT_S": "1",
+        "INZWA_DB_PATH": str(tmp / f"{name}.db"),
+        "INZWA_AUDIOSOCKET_PORT": "0",
+        "INZWA_API_KEYS": "",
+    }
+    with gateway_process(env) as (url, process):
+        yield url, sip_port, process
+
+
+@contextlib.contextmanager
+def kamailio(tmp: Path, gateway_ports: list[int]) -> Iterator[tuple[int, str, subprocess.Popen[bytes]]]:
+    """Kamailio in the foreground on a free port, dispatching to the gateways: (port, ctl, process)."""
+    port = free_udp_tcp_ports(1)
+    ds_list = tmp / "dispatcher.list"
+    ds_list.write_text("".join(f"1 sip:127.0.0.1:{p}\n" for p in gateway_ports))
+    ctl = f"unix:{tmp / 'kamailio.ctl'}"
+    runtime = tmp / "kamailio-run"
+    runtime.mkdir()
+    defines = {
+        "LISTEN": f"udp:127.0.0.1:{port}",
+        "DS_LIST": f'"{ds_list}"',
+        "CTL_SOCKET": f'"{ctl}"',
+        "DS_PING_INTERVAL": "1",
+        "DS_PROBE_THRESHOLD": "2",
+        "FR_TIMER_MS": "2000",
+    }
+    args = ["kamailio", "-DD", "-E", "-f", str(CONFIG), "-m", "32", "-M", "8", "-Y", str(runtime)]
+    for name, value in defines.items():
+        args += ["-A", f"{name}={value}"]
+    with (tmp / "kamailio.log").open("w") as log:
+        process = subprocess.Popen(args, cwd=tmp, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        expected = {f"sip:127.0.0.1:{p}": "AP" for p in gateway_ports}
+        wait_for(lambda: destinations(ctl) == expected, process)
+        yield port, ctl, process
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def destinations(ctl: str) -> dict[str, str]:
+    """Kamailio's gateways and their state flags (``AP`` active and probed, ``IP`` inactive)."""
+    result = subprocess.run(
+        ["kamcmd", "-s", ctl, "dispatcher.list"], capture_output=True, text=True, timeout=5, check=False
+    )
+    return dict(re.findall(r"URI:\s*(\S+)\s+FLAGS:\s*(\S+)", result.stdout))
+
+
+def wait_for(condition: Callable[[], bool], kamailio_process: subprocess.Popen[bytes]) -> None:
+    """Poll Kamailio's state (its probes run on their own timer), bounded by STATE_TIMEOUT_S."""
+    deadline = time.monotonic() + STATE_TIMEOUT_S
+    while not condition():
+        assert kamailio_process.poll() is None, "Kamailio exited; see kamailio.log"
+        assert time.monotonic() < deadline, "Kamailio's dispatcher never reached the expected state"
+        time.sleep(0.2)
+
+
+def sipp(tmp: Path, port: int, calls: int, name: str) -> subprocess.CompletedProcess[str]:
+    """SIPp places ``calls`` concurrent calls to Kamailio and waits for them all to end."""
+    args = ["sipp", "-sf", str(SCENARIO), f"127.0.0.1:{port}", "-i", "127.0.0.1", "-t", "u1"]
+    args += ["-p", str(free_udp_tcp_ports(1)), "-mp", str(free_udp_tcp_ports(4)), "-s", SERVICE]
+    args += ["-m", str(calls), "-l", str(calls), "-r", str(calls), "-nostdin"]
+    args += ["-timeout", f"{SIPP_TIMEOUT_S}s", "-timeout_error", "-key", "caller", CALLER, "-key", "codecs", "0"]
+    args += ["-trace_err", "-error_file", str(tmp / f"{name}.errors.log")]
+    args += ["-trace_stat", "-stf", str(tmp / f"{name}.stats.csv"), "-cid_str", f"kam-{name}-%u-%p@%s"]
+    return subprocess.run(args, cwd=tmp, capture_output=True, text=True, timeout=SIPP_TIMEOUT_S + 15, check=False)
+
+
+def sip_calls(url: str) -> int:
+    """How many SIP calls the gateway has recorded."""
+    with urllib.request.urlopen(f"{url}/v1/admin/calls?leg=sip&limit=200", timeout=10) as response:
+        return len(json.loads(response.read())["data"])
+
+
+def test_kamailio_spreads_calls_over_gateways_and_fails_over(tmp_path: Path) -> None:
+    with contextlib.ExitStack() as stack:
+        url_a, port_a, _ = stack.enter_context(gateway(tmp_path, "a"))
+        url_b, port_b, process_b = stack.enter_context(gateway(tmp_path, "b"))
+        kam_port, ctl, kam = stack.enter_context(kamailio(tmp_path, [port_a, port_b]))
+
+        # Eight at once: more than one gateway can take (4 each), all answered.
+        first = sipp(tmp_path, kam_port, 8, "eight")
+        assert first.returncode == 0, first.stdout[-3000:] + _log(tmp_path / "eight.errors.log")
+        assert (sip_calls(url_a), sip_calls(url_b)) == (4, 4)
+
+        # Gateway b goes away. New calls must all land on a, whether Kamailio has already
+        # marked b inactive by its probes or fails over when b's INVITE times out.
+        process_b.terminate()
+        process_b.wait(timeout=30)
+        second = sipp(tmp_path, kam_port, 4, "four")
+        assert second.returncode == 0, second.stdout[-3000:] + _log(tmp_path / "four.errors.log")
+        assert sip_calls(url_a) == 8
+        wait_for(lambda: destinations(ctl).get(f"sip:127.0.0.1:{port_b}", "").startswith("I"), kam)
+        assert destinations(ctl)[f"sip:127.0.0.1:{port_a}"] == "AP"
+
+
+def _log(path: Path) -> str:
+    return "\n" + path.read_text(errors="replace")[-3000:] if path.exists() else ""
