@@ -37,8 +37,8 @@ models: install
 serve: models
 	$(BIN)/inzwa-voice serve
 
-# Debian packages the test suite drives as real peers: Chromium for the web widget's call.
-SYSTEM_PACKAGES := chromium sip-tester
+# Debian packages the test suite drives as real peers: Chromium (web widget), SIPp, Kamailio.
+SYSTEM_PACKAGES := chromium sip-tester kamailio
 system-deps:
 	@missing=""; for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; fi
