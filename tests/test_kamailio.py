@@ -17,7 +17,6 @@ import contextlib
 import json
 import re
 import shutil
-import socket
 import subprocess
 import time
 import urllib.request
@@ -26,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from inzwa_voice.simulator.process import gateway_process
+from inzwa_voice.simulator.process import free_ports, gateway_process
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "sip" / "kamailio" / "kamailio.cfg"
@@ -44,34 +43,14 @@ def tools_installed() -> None:
         assert shutil.which(tool) is not None, f"{tool} is missing: run `make test` (it installs it)"
 
 
-def free_udp_tcp_ports(count: int) -> int:
-    """A base port with ``count`` consecutive ports free on 127.0.0.1 for both UDP and TCP."""
-    for _ in range(200):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-            probe.bind(("127.0.0.1", 0))
-            base = probe.getsockname()[1] & ~1
-        if base + count > 65535:
-            continue
-        with contextlib.ExitStack() as stack:
-            try:
-                for port in range(base, base + count):
-                    for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
-                        sock = stack.enter_context(socket.socket(socket.AF_INET, kind))
-                        sock.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return base
-    raise RuntimeError("no free port range on 127.0.0.1")
-
-
 @contextlib.contextmanager
 def gateway(tmp: Path, name: str) -> Iterator[tuple[str, int, subprocess.Popen[str]]]:
     """One gateway process on its own SIP port, RTP range and database: (URL, SIP port, process)."""
-    sip_port = free_udp_tcp_ports(1)
+    sip_port = free_ports(1, tcp=True)
     env = {
         "INZWA_SIP_HOST": "127.0.0.1",
         "INZWA_SIP_PORT": str(sip_port),
-        "INZWA_SIP_RTP_PORT": str(free_udp_tcp_ports(16)),
+        "INZWA_SIP_RTP_PORT": str(free_ports(16, tcp=True)),
         "INZWA_SIP_DRAIN_TIMEOUT_S": "1",
         "INZWA_DB_PATH": str(tmp / f"{name}.db"),
         "INZWA_AUDIOSOCKET_PORT": "0",
@@ -84,7 +63,7 @@ def gateway(tmp: Path, name: str) -> Iterator[tuple[str, int, subprocess.Popen[s
 @contextlib.contextmanager
 def kamailio(tmp: Path, gateway_ports: list[int]) -> Iterator[tuple[int, str, subprocess.Popen[bytes]]]:
     """Kamailio in the foreground on a free port, dispatching to the gateways: (port, ctl, process)."""
-    port = free_udp_tcp_ports(1)
+    port = free_ports(1, tcp=True)
     ds_list = tmp / "dispatcher.list"
     ds_list.write_text("".join(f"1 sip:127.0.0.1:{p}\n" for p in gateway_ports))
     ctl = f"unix:{tmp / 'kamailio.ctl'}"
@@ -136,7 +115,7 @@ def wait_for(condition: Callable[[], bool], kamailio_process: subprocess.Popen[b
 def sipp(tmp: Path, port: int, calls: int, name: str) -> subprocess.CompletedProcess[str]:
     """SIPp places ``calls`` concurrent calls to Kamailio and waits for them all to end."""
     args = ["sipp", "-sf", str(SCENARIO), f"127.0.0.1:{port}", "-i", "127.0.0.1", "-t", "u1"]
-    args += ["-p", str(free_udp_tcp_ports(1)), "-mp", str(free_udp_tcp_ports(4)), "-s", SERVICE]
+    args += ["-p", str(free_ports(1, tcp=True)), "-mp", str(free_ports(4, tcp=True)), "-s", SERVICE]
     args += ["-m", str(calls), "-l", str(calls), "-r", str(calls), "-nostdin"]
     args += ["-timeout", f"{SIPP_TIMEOUT_S}s", "-timeout_error", "-key", "caller", CALLER, "-key", "codecs", "0"]
     args += ["-trace_err", "-error_file", str(tmp / f"{name}.errors.log")]

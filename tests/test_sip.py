@@ -30,6 +30,7 @@ from inzwa_voice.conversation.session import CallSession
 from inzwa_voice.engines.registry import Engines
 from inzwa_voice.legs.sip import SIP, SipLeg
 from inzwa_voice.media.g711 import ulaw_decode, ulaw_encode
+from inzwa_voice.simulator.process import free_ports
 from inzwa_voice.sip.endpoint import EndpointConfig, SipEndpoint
 from inzwa_voice.sip.pcap import wav_to_pcap
 from inzwa_voice.sip.sdp import best_codec, narrow_answer
@@ -117,25 +118,6 @@ def test_numbers_are_read_from_headers_and_targets_become_uris() -> None:
 # ----- running SIPp -----
 
 
-def free_udp_ports(count: int) -> int:
-    """A base port with ``count`` consecutive free UDP ports (SIPp's -mp takes mp..mp+3)."""
-    for _ in range(200):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-            probe.bind(("127.0.0.1", 0))
-            base = probe.getsockname()[1] & ~1
-        if base + count > 65535:
-            continue
-        with contextlib.ExitStack() as stack:
-            try:
-                for port in range(base, base + count):
-                    sock = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
-                    sock.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return base
-    raise RuntimeError("no free UDP port range on 127.0.0.1")
-
-
 _runs = itertools.count(1)
 
 
@@ -167,7 +149,7 @@ async def sipp(
     name = f"{Path(scenario).stem}-{next(_runs)}"
     messages, errors = workdir / f"{name}.messages.log", workdir / f"{name}.errors.log"
     args = ["-sf", str(SCENARIOS / scenario), f"127.0.0.1:{port}", "-i", "127.0.0.1", "-t", transport]
-    args += ["-p", str(free_udp_ports(1)), "-mp", str(free_udp_ports(4)), "-s", SERVICE]
+    args += ["-p", str(free_ports(1)), "-mp", str(free_ports(4)), "-s", SERVICE]
     args += ["-m", str(calls), "-l", str(calls), "-nostdin", "-timeout", f"{SIPP_TIMEOUT_S}s", "-timeout_error"]
     args += ["-trace_err", "-error_file", str(errors), "-trace_msg", "-message_file", str(messages)]
     args += ["-cid_str", "inzwa-test-%u-%p@%s"]

@@ -4,6 +4,7 @@ exactly as an operator starts it, ready when it says so, stopped when done.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -19,6 +20,27 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def free_ports(count: int, *, tcp: bool = False) -> int:
+    """A base port with ``count`` consecutive ports free on 127.0.0.1 for UDP (and TCP), for
+    peers that take port ranges (SIPp's media ports, pjsua2's RTP pairs, SIP on UDP and TCP)."""
+    kinds = (socket.SOCK_DGRAM, socket.SOCK_STREAM) if tcp else (socket.SOCK_DGRAM,)
+    for _ in range(200):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.bind(("127.0.0.1", 0))
+            base = int(probe.getsockname()[1]) & ~1
+        if base + count > 65535:
+            continue
+        with contextlib.ExitStack() as stack:
+            try:
+                for port in range(base, base + count):
+                    for kind in kinds:
+                        stack.enter_context(socket.socket(socket.AF_INET, kind)).bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return base
+    raise RuntimeError("no free port range on 127.0.0.1")
 
 
 @contextmanager
