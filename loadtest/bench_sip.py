@@ -1,0 +1,324 @@
+"""SIP load benchmark: N gateway processes behind Kamailio's dispatcher, SIPp placing calls, JSON out.
+
+Each gateway is a real ``inzwa-voice serve`` (one pjsua2 endpoint, at most 4 calls) on its own
+SIP port, RTP range and call database, with the English test dialplan. Kamailio runs
+``sip/kamailio/kamailio.cfg`` in the foreground with a dispatcher list naming them all. SIPp
+calls Kamailio: ``--calls`` in total at ``--rate`` new calls a second, at most 4 per gateway at
+once; each call is answered, the caller speaks (RTP from a pcap of our own TTS, unless
+``--no-speech``) and hangs up after ``--hold-ms``. ACK and BYE follow the recorded route, so they
+pass Kamailio too.
+
+Reported from SIPp's own statistics: calls attempted, answered (the 200 OK), completed and
+failed; call setup time (INVITE sent → 200 OK received, per call from ``-trace_rtt``) p50/p95.
+From each gateway's /metrics: CPU seconds per call it took and its peak RSS; and how many SIP
+calls it finished (``inzwa_calls_total{leg="sip"}``). RTP loss is not measured (SIPp drops the media it receives
+and the gateway exports no RTP counters), so it is reported as ``null``; the gateway's answered
+caller turns (``inzwa_turns``) show that the speech got through and was understood.
+
+Everything runs on 127.0.0.1; every process is bounded by a timeout and stopped in ``finally``.
+
+    .venv/bin/python loadtest/bench_sip.py [--instances 2] [--calls 8] [--rate 2] [--hold-ms 5000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import csv
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import numpy as np
+
+from inzwa_voice.simulator.process import gateway_process
+from inzwa_voice.simulator.run import gateway_usage
+from inzwa_voice.sip.pcap import write_pcap
+
+ROOT = Path(__file__).resolve().parents[1]
+ENGLISH_DIALPLAN = ROOT / "tests" / "dialplans" / "english.yaml"
+KAMAILIO_CONFIG = ROOT / "sip" / "kamailio" / "kamailio.cfg"
+BASIC_SCENARIO = ROOT / "sip" / "sipp" / "uac_basic.xml"
+CALLER = "+263771234567"
+SERVICE = "helpline"
+CALLS_PER_GATEWAY = 4
+QUESTION = "What are your opening hours?"
+STATE_TIMEOUT_S = 30
+SIPP_TIMEOUT_S = 120
+
+
+def free_udp_tcp_ports(count: int) -> int:
+    """A base port with ``count`` consecutive ports free on 127.0.0.1 for both UDP and TCP."""
+    for _ in range(200):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.bind(("127.0.0.1", 0))
+            base = int(probe.getsockname()[1]) & ~1
+        if base + count > 65535:
+            continue
+        with contextlib.ExitStack() as stack:
+            try:
+                for port in range(base, base + count):
+                    for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
+                        sock = stack.enter_context(socket.socket(socket.AF_INET, kind))
+                        sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return base
+    raise RuntimeError("no free port range on 127.0.0.1")
+
+
+@contextlib.contextmanager
+def gateway(tmp: Path, name: str) -> Iterator[tuple[str, int]]:
+    """One gateway process on its own SIP port, RTP range and database: (URL, SIP port)."""
+    sip_port = free_udp_tcp_ports(1)
+    env = {
+        "INZWA_LANGUAGE": "en",
+        "INZWA_DIALPLAN_PATH": str(ENGLISH_DIALPLAN),
+        "INZWA_SIP_HOST": "127.0.0.1",
+        "INZWA_SIP_PORT": str(sip_port),
+        "INZWA_SIP_RTP_PORT": str(free_udp_tcp_ports(16)),
+        "INZWA_SIP_DRAIN_TIMEOUT_S": "1",
+        "INZWA_DB_PATH": str(tmp / f"{name}.db"),
+        "INZWA_AUDIOSOCKET_PORT": "0",
+        "INZWA_API_KEYS": "",
+    }
+    with gateway_process(env) as (url, _):
+        yield url, sip_port
+
+
+def destinations(ctl: str) -> dict[str, str]:
+    """Kamailio's gateways and their state flags (``AP`` = active and probed)."""
+    result = subprocess.run(
+        ["kamcmd", "-s", ctl, "dispatcher.list"], capture_output=True, text=True, timeout=5, check=False
+    )
+    return dict(re.findall(r"URI:\s*(\S+)\s+FLAGS:\s*(\S+)", result.stdout))
+
+
+def stop(process: subprocess.Popen[Any]) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+@contextlib.contextmanager
+def kamailio(tmp: Path, gateway_ports: list[int]) -> Iterator[int]:
+    """Kamailio in the foreground on a free port, dispatching to the gateways; yields its port."""
+    port = free_udp_tcp_ports(1)
+    ds_list = tmp / "dispatcher.list"
+    ds_list.write_text("".join(f"1 sip:127.0.0.1:{p}\n" for p in gateway_ports))
+    ctl = f"unix:{tmp / 'kamailio.ctl'}"
+    runtime = tmp / "kamailio-run"
+    runtime.mkdir()
+    defines = {
+        "LISTEN": f"udp:127.0.0.1:{port}",
+        "DS_LIST": f'"{ds_list}"',
+        "CTL_SOCKET": f'"{ctl}"',
+        "DS_PING_INTERVAL": "1",
+        "DS_PROBE_THRESHOLD": "2",
+        "FR_TIMER_MS": "2000",
+    }
+    args = ["kamailio", "-DD", "-E", "-f", str(KAMAILIO_CONFIG), "-m", "32", "-M", "8", "-Y", str(runtime)]
+    for name, value in defines.items():
+        args += ["-A", f"{name}={value}"]
+    with (tmp / "kamailio.log").open("w") as log:
+        process = subprocess.Popen(args, cwd=tmp, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        expected = {f"sip:127.0.0.1:{p}": "AP" for p in gateway_ports}
+        deadline = time.monotonic() + STATE_TIMEOUT_S
+        while destinations(ctl) != expected:
+            if process.poll() is not None:
+                raise RuntimeError(f"Kamailio exited; see {tmp / 'kamailio.log'}")
+            if time.monotonic() > deadline:
+                raise RuntimeError("Kamailio never saw every gateway active")
+            time.sleep(0.2)
+        yield port
+    finally:
+        stop(process)
+
+
+def scenario(tmp: Path, pcap: Path | None, hold_ms: int) -> Path:
+    """``uac_basic.xml`` with the setup time measured (rtd on the 200), optional speech, given hold."""
+    xml = BASIC_SCENARIO.read_text(encoding="iso-8859-1")
+    xml = xml.replace('<recv response="200" rrs="true"/>', '<recv response="200" rrs="true" rtd="true"/>', 1)
+    media = f'<nop><action><exec play_pcap_audio="{pcap}"/></action></nop>\n  ' if pcap else ""
+    xml = xml.replace('<pause milliseconds="3000"/>', f'{media}<pause milliseconds="{hold_ms}"/>', 1)
+    if 'rtd="true"' not in xml or f'milliseconds="{hold_ms}"' not in xml:
+        raise RuntimeError(f"{BASIC_SCENARIO} changed shape; cannot derive the benchmark scenario")
+    path = tmp / "bench_sip.xml"
+    path.write_text(xml, encoding="iso-8859-1")
+    return path
+
+
+def speech_pcap(url: str, path: Path) -> float:
+    """The caller's question from the gateway's own TTS, as a PCMU RTP pcap; returns its seconds."""
+    body = json.dumps({"text": QUESTION, "voice": "joe", "format": "pcm", "sample_rate": 8000}).encode()
+    request = urllib.request.Request(
+        f"{url}/v1/tts", data=body, headers={"Content-Type": "application/json"}, method="POST"
+    )
+    with urllib.request.urlopen(request, timeout=60) as response:
+        audio = np.frombuffer(response.read(), dtype="<i2").copy()
+    # Half a second of silence after the question, so the gateway's endpointing sees it end.
+    audio = np.concatenate([audio, np.zeros(4000, dtype=np.int16)])
+    write_pcap(path, audio, "pcmu")
+    return round(len(audio) / 8000, 2)
+
+
+def run_sipp(tmp: Path, xml: Path, port: int, calls: int, rate: float, limit: int) -> subprocess.CompletedProcess[str]:
+    args = ["sipp", "-sf", str(xml), f"127.0.0.1:{port}", "-i", "127.0.0.1", "-t", "u1"]
+    args += ["-p", str(free_udp_tcp_ports(1)), "-mp", str(free_udp_tcp_ports(4)), "-s", SERVICE]
+    # -r new calls per -rp milliseconds: a whole rate per second as it is, a fraction per 1000 s.
+    per = (
+        ["-r", str(int(rate)), "-rp", "1000"]
+        if rate == int(rate)
+        else ["-r", str(round(rate * 1000)), "-rp", "1000000"]
+    )
+    args += ["-m", str(calls), "-l", str(limit), *per, "-nostdin"]
+    args += ["-timeout", f"{SIPP_TIMEOUT_S}s", "-timeout_error", "-key", "caller", CALLER, "-key", "codecs", "0"]
+    args += ["-trace_err", "-error_file", str(tmp / "sipp.errors.log")]
+    args += ["-trace_stat", "-stf", str(tmp / "sipp.stats.csv"), "-fd", "1"]
+    args += ["-trace_rtt", "-rtt_freq", "1", "-cid_str", "bench-%u-%p@%s"]
+    return subprocess.run(args, cwd=tmp, capture_output=True, text=True, timeout=SIPP_TIMEOUT_S + 30, check=False)
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    return round(float(np.percentile(values, q)), 1) if values else None
+
+
+def sipp_results(tmp: Path) -> dict[str, Any]:
+    """Counts from the last row of SIPp's statistics CSV; setup times from its per-call RTT file."""
+    with (tmp / "sipp.stats.csv").open(newline="") as f:
+        rows = list(csv.DictReader(f, delimiter=";"))
+    last = rows[-1]
+    setup_ms: list[float] = []
+    for rtt in tmp.glob("*_rtt.csv"):
+        for line in rtt.read_text().splitlines()[1:]:
+            fields = line.split(";")
+            if len(fields) >= 2 and fields[1].strip():
+                setup_ms.append(float(fields[1]))
+    return {
+        "attempted": int(last["TotalCallCreated"]),
+        "answered": len(setup_ms),
+        "completed": int(last["SuccessfulCall(C)"]),
+        "failed": int(last["FailedCall(C)"]),
+        "setup_ms_p50": percentile(setup_ms, 50),
+        "setup_ms_p95": percentile(setup_ms, 95),
+        "setup_ms_max": round(max(setup_ms), 1) if setup_ms else None,
+    }
+
+
+async def usages(urls: list[str]) -> list[dict[str, float]]:
+    async with aiohttp.ClientSession() as http:
+        return list(await asyncio.gather(*(gateway_usage(http, url) for url in urls)))
+
+
+def metric(url: str, name: str, label: str = "") -> float:
+    """Sum of one metric's samples whose labels contain ``label``, from the gateway's /metrics."""
+    with urllib.request.urlopen(f"{url}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    return sum(
+        float(line.split()[-1])
+        for line in text.splitlines()
+        if re.match(rf"{name}(\{{|\s)", line) and label in line.split()[0]
+    )
+
+
+def run(instances: int, calls: int, rate: float, hold_ms: int, speech: bool, keep: bool) -> dict[str, Any]:
+    for tool in ("kamailio", "kamcmd", "sipp"):
+        if shutil.which(tool) is None:
+            raise SystemExit(f"{tool} is not installed")
+    limit = instances * CALLS_PER_GATEWAY
+    tmp = Path(tempfile.mkdtemp(prefix="inzwa-bench-sip-"))
+    with contextlib.ExitStack() as stack:
+        if not keep:
+            stack.callback(shutil.rmtree, tmp, ignore_errors=True)  # last out: after every process stopped
+        started = time.perf_counter()
+        gateways = [stack.enter_context(gateway(tmp, f"gw{i}")) for i in range(instances)]
+        urls = [url for url, _ in gateways]
+        pcap_s = speech_pcap(urls[0], tmp / "speech.pcap") if speech else None
+        xml = scenario(tmp, tmp / "speech.pcap" if speech else None, hold_ms)
+        kam_port = stack.enter_context(kamailio(tmp, [port for _, port in gateways]))
+        startup_s = time.perf_counter() - started
+        before = asyncio.run(usages(urls))
+        turns_before = [metric(url, "inzwa_turns_total", 'leg="sip"') for url in urls]
+        calls_before = [metric(url, "inzwa_calls_total", 'leg="sip"') for url in urls]
+        t0 = time.perf_counter()
+        result = run_sipp(tmp, xml, kam_port, calls, rate, limit)
+        wall_s = time.perf_counter() - t0
+        time.sleep(1.5)  # let the gateways finish tearing the last calls down before sampling
+        after = asyncio.run(usages(urls))
+        per_gateway = []
+        for i, url in enumerate(urls):
+            taken = int(metric(url, "inzwa_calls_total", 'leg="sip"') - calls_before[i])
+            cpu = after[i]["cpu_s"] - before[i]["cpu_s"]
+            per_gateway.append(
+                {
+                    "sip_calls": taken,
+                    "caller_turns": int(metric(url, "inzwa_turns_total", 'leg="sip"') - turns_before[i]),
+                    "cpu_s": round(cpu, 2),
+                    "cpu_s_per_call": round(cpu / taken, 3) if taken else None,
+                    "peak_rss_mb": after[i]["peak_rss_mb"],
+                }
+            )
+        if not (tmp / "sipp.stats.csv").exists():
+            raise RuntimeError(f"SIPp wrote no statistics (rc {result.returncode}):\n{result.stderr[-2000:]}")
+        stats = sipp_results(tmp)
+        errors = tmp / "sipp.errors.log"
+        return {
+            "instances": instances,
+            "calls": calls,
+            "rate_cps": rate,
+            "max_concurrent": limit,
+            "hold_ms": hold_ms,
+            "rtp": "speech pcap (PCMU)" if speech else "none",
+            "speech_s": pcap_s,
+            "startup_s": round(startup_s, 1),
+            "sipp_rc": result.returncode,
+            "sipp_wall_s": round(wall_s, 1),
+            **stats,
+            "rtp_loss_pct": None,
+            "rtp_loss_note": "n/a: SIPp drops received RTP and the gateway exports no RTP loss counters",
+            "gateways": per_gateway,
+            "sipp_errors_tail": errors.read_text(errors="replace")[-1500:] if errors.exists() else "",
+            "workdir": str(tmp) if keep else None,
+        }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--instances", type=int, default=2, help="gateway processes behind Kamailio")
+    parser.add_argument("--calls", type=int, default=8, help="calls in total")
+    parser.add_argument("--rate", type=float, default=2.0, help="new calls per second")
+    parser.add_argument("--hold-ms", type=int, default=5000, help="how long each call lasts after the answer")
+    parser.add_argument("--no-speech", action="store_true", help="send no RTP (no TTS pcap)")
+    parser.add_argument("--keep", action="store_true", help="keep the work dir (SIPp, Kamailio logs and stats)")
+    args = parser.parse_args()
+    # pjsua in each gateway logs to the stdout it inherits: point fd 1 at stderr while they run,
+    # so stdout carries the JSON alone.
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        result = run(args.instances, args.calls, args.rate, args.hold_ms, not args.no_speech, args.keep)
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
