@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 ENV_PREFIX = "INZWA_"
@@ -168,6 +168,18 @@ class Settings(BaseSettings):
     sip_drain_timeout_s: float = Field(
         30.0, ge=0, le=3600, description="At shutdown, how long live SIP calls may go on before the gateway hangs up."
     )
+    sip_allowed_sources: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="IPs or CIDRs an INVITE may come from (others get 403); empty means anyone."
+    )
+    sip_registrar: str | None = Field(
+        None, description="Register with this trunk registrar, e.g. sip:trunk.example.net:5060 (default: none)."
+    )
+    sip_username: str | None = Field(None, description="Digest username for sip_registrar; also the AOR's user.")
+    sip_password: SecretStr | None = Field(None, description="Digest password for sip_registrar; never logged.")
+    sip_realm: str = Field("*", description="Digest realm the credentials answer; * answers any realm.")
+    sip_register_expires_s: int = Field(
+        300, ge=30, le=86400, description="Registration lifetime asked for; pjsua2 refreshes it before it runs out."
+    )
 
     # --- security ---
     api_keys: Annotated[list[str], NoDecode] = Field(
@@ -178,7 +190,7 @@ class Settings(BaseSettings):
     )
 
     _split_lists = field_validator(
-        "languages", "api_keys", "webrtc_ice_servers", "webrtc_host_addresses", mode="before"
+        "languages", "api_keys", "webrtc_ice_servers", "webrtc_host_addresses", "sip_allowed_sources", mode="before"
     )(_split_csv)
 
     @field_validator("language")
@@ -197,6 +209,6 @@ def load_settings(**overrides: object) -> Settings:
         lines = []
         for err in exc.errors():
             name = ENV_PREFIX + "_".join(str(part) for part in err["loc"]).upper()
-            shown = "***" if "KEY" in name or "TOKEN" in name else repr(err.get("input"))
+            shown = "***" if any(s in name for s in ("KEY", "TOKEN", "PASSWORD")) else repr(err.get("input"))
             lines.append(f"invalid setting {name}: {err['msg']} (got {shown})")
         raise SettingsError("\n".join(lines)) from None

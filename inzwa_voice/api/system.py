@@ -13,6 +13,7 @@ from aiohttp import web
 from inzwa_voice import __version__
 from inzwa_voice.api.keys import CALLS, ENGINES, GATE, METRICS
 from inzwa_voice.legs.audiosocket import AUDIOSOCKET
+from inzwa_voice.legs.sip import SIP
 
 OPENAPI_PATH = Path(__file__).resolve().parents[2] / "api" / "openapi.yaml"
 
@@ -39,10 +40,15 @@ async def health(request: web.Request) -> web.Response:
 def legs(app: web.Application) -> dict[str, object]:
     """Where each call leg listens, so operators and the call simulator can find them."""
     audiosocket = app.get(AUDIOSOCKET)
+    sip = app.get(SIP)
     return {
         "ws": {"path": "/v1/ws"},
         "twilio": {"webhook": "/v1/twilio/voice", "media": "/v1/twilio/media"},
         "audiosocket": {"port": audiosocket.port if audiosocket is not None else None},
+        "sip": {
+            "port": sip.port if sip is not None else None,
+            "registration": sip.registration_health() if sip is not None else None,
+        },
     }
 
 

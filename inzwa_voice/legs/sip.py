@@ -23,6 +23,11 @@ shutdown drain) gets ``503 Service Unavailable`` with ``Retry-After``: the serve
 callee, is busy, and a proxy tries another gateway. An offer without PCMU, PCMA or G.722 gets
 ``488 Not Acceptable Here``.
 
+Access: ``sip_allowed_sources`` (IPs, CIDRs) limits who may call; an INVITE from elsewhere gets
+``403 Forbidden`` from the endpoint before any session (``calls_rejected{reason="forbidden"}``).
+A trunk that wants us registered gets ``sip_registrar`` and digest credentials; the state is in
+``/health`` (:meth:`SipServer.registration_health`) and the gauge ``inzwa_sip_registered``.
+
 Shutdown drains: new calls get 503, live ones may finish for ``sip_drain_timeout_s``, then the
 gateway hangs up the rest (``shutdown``).
 """
@@ -32,19 +37,30 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import weakref
 from collections.abc import AsyncIterator, Coroutine
 from typing import Any, Final
 
 from aiohttp import web
+from prometheus_client import CollectorRegistry, Gauge
 
 from inzwa_voice.api.keys import CALLS, SETTINGS
+from inzwa_voice.config import Settings
 from inzwa_voice.conversation.calls import CallManager, CallRejected
 from inzwa_voice.conversation.session import CallSession
 from inzwa_voice.engines.base import PCM16
 from inzwa_voice.legs.base import CallInfo, LegKind
 from inzwa_voice.legs.paced import CallerAudio
 from inzwa_voice.media.framing import PIPELINE_RATE
-from inzwa_voice.sip.endpoint import EndpointClosed, EndpointConfig, IncomingCall, SipEndpoint
+from inzwa_voice.sip.endpoint import (
+    EndpointClosed,
+    EndpointConfig,
+    IncomingCall,
+    Registration,
+    RegistrationState,
+    SipEndpoint,
+    parse_sources,
+)
 from inzwa_voice.sip.media import MediaPipe
 from inzwa_voice.sip.uri import refer_uri, uri_user
 
@@ -58,6 +74,21 @@ TRANSFER_TIMEOUT_S: Final = 45.0
 """How long a transfer may take to be reported done: the target may ring for a while."""
 DTMF_DIGITS: Final = frozenset("0123456789*#ABCD")
 MAX_CALL_ID: Final = 128
+
+_GAUGES: weakref.WeakKeyDictionary[CollectorRegistry, Gauge] = weakref.WeakKeyDictionary()
+
+
+def registered_gauge(registry: CollectorRegistry) -> Gauge:
+    """``inzwa_sip_registered`` on this registry, made once: several apps may share one metrics
+    registry (their engines'), and a registry refuses a second metric of the same name."""
+    gauge = _GAUGES.get(registry)
+    if gauge is None:
+        gauge = _GAUGES[registry] = Gauge(
+            "inzwa_sip_registered",
+            "1 while the SIP trunk registration is active, else 0 (also 0 when no registrar is set)",
+            registry=registry,
+        )
+    return gauge
 
 
 class SipLeg:
@@ -150,6 +181,7 @@ class SipServer:
         self._no_calls = asyncio.Event()
         self._no_calls.set()
         self._tasks: set[asyncio.Task[None]] = set()
+        self.registered = registered_gauge(calls.metrics.registry)
 
     @property
     def port(self) -> int | None:
@@ -243,12 +275,49 @@ class SipServer:
         if leg is not None:
             leg.transfer_status(status, reason, final)
 
+    def forbidden(self, source: str) -> None:
+        self.calls.metrics.calls_rejected.labels("sip", "forbidden").inc()
+        log.info("sip call refused: source not allowed", extra={"source": source, "status": 403})
+
+    def registration(self, state: RegistrationState) -> None:
+        """pjsua2 retries and refreshes on its own; this only reports, so a lost registration
+        (a trunk that can no longer reach us) shows in metrics and ``/health``."""
+        self.registered.set(1 if state.registered else 0)
+        level = logging.INFO if state.registered else logging.WARNING
+        log.log(level, "sip registration", extra=state.as_dict())
+
+    def registration_health(self) -> dict[str, object] | None:
+        """The trunk registration for ``/health`` (``registered``, ``last_status_code``,
+        ``expires``, ``reason``); None when no registrar is configured."""
+        state = self.endpoint.registration
+        return None if state is None else state.as_dict()
+
     def rejected(self, status: int, reason: str) -> None:
         self.calls.metrics.calls_rejected.labels("sip", REJECTED.get(status, "invalid")).inc()
         log.info("sip call refused by pjsua2", extra={"status": status, "reason": reason})
 
 
 SIP = web.AppKey("sip", SipServer)
+
+
+def registration(settings: Settings) -> Registration | None:
+    """The trunk registration the settings ask for, or None without ``sip_registrar``.
+
+    A username without a password (or the reverse) is a mistake, not anonymous registration: it
+    fails here, at start-up.
+    """
+    if not settings.sip_registrar:
+        return None
+    password = settings.sip_password.get_secret_value() if settings.sip_password is not None else ""
+    if not settings.sip_username or not password:
+        raise ValueError("sip_registrar needs sip_username and sip_password")
+    return Registration(
+        registrar=settings.sip_registrar,
+        username=settings.sip_username,
+        password=password,
+        realm=settings.sip_realm,
+        expires_s=settings.sip_register_expires_s,
+    )
 
 
 def setup(app: web.Application) -> None:
@@ -264,6 +333,8 @@ def setup(app: web.Application) -> None:
         port=settings.sip_port,
         rtp_port=settings.sip_rtp_port,
         log_level=4 if settings.log_level == "DEBUG" else 2,
+        allowed_sources=parse_sources(settings.sip_allowed_sources),
+        registration=registration(settings),
     )
     server = SipServer(app[CALLS], config)
     app[SIP] = server

@@ -24,6 +24,19 @@ Capacity: this pjsua2 build is compiled with ``PJSUA_MAX_CALLS`` = 4; a larger `
 silently clamped (measured: with 8, the fifth INVITE is refused). pjsua2 answers that INVITE
 with ``486 Busy Here`` itself, before any callback, and reports it through
 ``onRejectedIncomingCall``, as it does an offer with no codec in common (``488``).
+
+Source allow-list: an INVITE whose source address is outside ``allowed_sources`` gets
+``403 Forbidden`` here, on the worker, before the loop hears of it: no session, no ringing, no
+media. It is checked on the packet's source address, not on Via or From, which the sender
+writes itself.
+
+Trunk registration: with ``registration`` set, the one account registers its AOR
+(``sip:USERNAME@registrar host``) with the registrar, answers its digest challenge, and pjsua2
+refreshes the binding before it expires and retries after a failure on its own. The account
+still takes every INVITE that reaches us, registered or not. Its state
+(:class:`RegistrationState`) reaches the loop through ``Listener.registration``. The password
+goes to pjsua2 only: it is kept out of ``repr`` and never logged. At shutdown the binding is
+left to expire (``libDestroy`` with ``NO_NETWORK`` sends no un-REGISTER), like a crash would.
 """
 
 from __future__ import annotations
@@ -32,13 +45,14 @@ import asyncio
 import concurrent.futures
 import contextlib
 import functools
+import ipaddress
 import itertools
 import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import Any, Final, ParamSpec, Protocol, TypeVar
 
 import pjsua2 as pj
@@ -63,8 +77,78 @@ USER_AGENT: Final = "Inzwa-Voice"
 
 _PJ_LEVELS: Final = {0: logging.CRITICAL, 1: logging.ERROR, 2: logging.WARNING, 3: logging.INFO}
 
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
 P = ParamSpec("P")
 T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Registration:
+    """A trunk registration: who we are to the registrar, and how long a binding lasts."""
+
+    registrar: str
+    """Registrar URI, e.g. ``sip:trunk.example.net:5060``; its host is the AOR's domain."""
+    username: str
+    password: str = field(repr=False)
+    """Digest password: handed to pjsua2 only, kept out of ``repr`` so no log shows it."""
+    realm: str = "*"
+    """Digest realm the credentials are for; ``*`` answers any realm's challenge."""
+    expires_s: int = 300
+    """Binding lifetime asked for; pjsua2 refreshes it before it runs out."""
+
+    @property
+    def aor(self) -> str:
+        """The address of record we register: ``sip:USERNAME@HOST`` of the registrar (its port
+        and parameters are where to send REGISTER, not part of who we are)."""
+        host = self.registrar.split(":", 1)[1].split(";", 1)[0]
+        if not host.startswith("["):  # [v6]:port keeps its brackets and port
+            host = host.rsplit(":", 1)[0]
+        return f"sip:{self.username}@{host}"
+
+
+@dataclass(frozen=True)
+class RegistrationState:
+    """The last word on our registration, as pjsua2 reported it."""
+
+    registered: bool
+    last_status_code: int | None
+    """The registrar's last final answer (200, 401, 403...), or a pjsip code (408, 503) when it
+    could not be reached; None before the first REGISTER is answered."""
+    expires: int
+    """Seconds the binding has left by the registrar's answer; 0 when not registered."""
+    reason: str = ""
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "registered": self.registered,
+            "last_status_code": self.last_status_code,
+            "expires": self.expires,
+            "reason": self.reason,
+        }
+
+
+def parse_sources(sources: Iterable[str]) -> tuple[Network, ...]:
+    """IPs or CIDRs as networks; a bare address is a /32 (/128). Raises ValueError on a typo, so
+    a misspelt allow-list stops start-up instead of letting everybody (or nobody) in."""
+    return tuple(ipaddress.ip_network(source.strip(), strict=False) for source in sources if source.strip())
+
+
+def source_allowed(source: str, allowed: tuple[Network, ...]) -> bool:
+    """Whether a packet's ``HOST:PORT`` (``[V6]:PORT``) source is in ``allowed``; empty allows all."""
+    if not allowed:
+        return True
+    if source.startswith("["):
+        host = source[1:].split("]", 1)[0]
+    elif source.count(":") == 1:
+        host = source.rsplit(":", 1)[0]
+    else:
+        host = source
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return any(address in network for network in allowed)
 
 
 @dataclass(frozen=True)
@@ -77,6 +161,10 @@ class EndpointConfig:
     """First RTP port; each call takes the next free even port and the one above it."""
     log_level: int = 2
     """pjlib verbosity (1 errors ... 5 packets); messages go to the ``inzwa_voice.sip.pjsua`` logger."""
+    allowed_sources: tuple[Network, ...] = ()
+    """Networks an INVITE may come from (see :func:`parse_sources`); empty: anyone."""
+    registration: Registration | None = None
+    """Register with a trunk's registrar; None: no registration."""
 
 
 @dataclass(frozen=True)
@@ -101,6 +189,10 @@ class Listener(Protocol):
     def transfer_status(self, key: int, status: int, reason: str, final: bool) -> None: ...
 
     def rejected(self, status: int, reason: str) -> None: ...
+
+    def forbidden(self, source: str) -> None: ...
+
+    def registration(self, state: RegistrationState) -> None: ...
 
 
 class EndpointClosed(RuntimeError):
@@ -145,6 +237,18 @@ class _Account(pj.Account):  # type: ignore[misc]
     @_guarded
     def onIncomingCall(self, prm: Any) -> None:  # worker
         self._owner.incoming(self, prm)
+
+    @_guarded
+    def onRegState(self, prm: Any) -> None:  # worker: every REGISTER's final answer, or its failure
+        info = self.getInfo()
+        active = bool(info.regIsActive)
+        state = RegistrationState(
+            registered=active,
+            last_status_code=int(prm.code) or None,
+            expires=int(info.regExpiresSec) if active else 0,
+            reason=str(prm.reason),
+        )
+        self._owner.registration_changed(state)
 
 
 class _Call(pj.Call):  # type: ignore[misc]
@@ -226,6 +330,11 @@ class SipEndpoint:
         self._account: _Account | None = None
         self._calls: dict[int, _Call] = {}
         self._finished: list[int] = []
+        self.registration: RegistrationState | None = None
+        """The latest registration state (replaced whole, so any thread may read it); None when
+        no registrar is configured."""
+        if config.registration is not None:
+            self.registration = RegistrationState(registered=False, last_status_code=None, expires=0)
 
     # ----- loop side -----
     async def start(self) -> None:
@@ -338,8 +447,19 @@ class SipEndpoint:
         account.idUri = f"sip:inzwa@{config.host}:{port}"
         account.mediaConfig.transportConfig.boundAddress = config.host
         account.mediaConfig.transportConfig.port = config.rtp_port
+        registration = config.registration
+        if registration is not None:
+            account.idUri = registration.aor
+            account.regConfig.registrarUri = registration.registrar
+            account.regConfig.timeoutSec = registration.expires_s
+            account.regConfig.registerOnAdd = True
+            account.sipConfig.authCreds.append(
+                pj.AuthCredInfo("digest", registration.realm, registration.username, 0, registration.password)
+            )
         self._account = _Account(self)
-        self._account.create(account)  # no registrar: it takes every INVITE that reaches us
+        self._account.create(account)  # the only account: it takes every INVITE that reaches us
+        if registration is not None:
+            log.info("sip registering", extra={"registrar": registration.registrar, "aor": registration.aor})
         return port
 
     def _run_jobs(self) -> None:
@@ -397,12 +517,23 @@ class SipEndpoint:
             lib.libHandleEvents(POLL_MS)
             self._reap()
 
+    def registration_changed(self, state: RegistrationState) -> None:
+        self.registration = state
+        self.notify(self.listener.registration, state)
+
     def incoming(self, account: _Account, prm: Any) -> None:
         key = next(self._keys)
         assert self._loop is not None
         pipe = MediaPipe(self._loop)
         call = _Call(self, account, prm.callId, key, pipe)
         self._calls[key] = call
+        source = str(prm.rdata.srcAddress)
+        if not source_allowed(source, self.config.allowed_sources):
+            # The loop never hears of this call (its DISCONNECTED reaches ``ended`` with a key
+            # the listener does not know); the call object lives until then, like any other.
+            self.notify(self.listener.forbidden, source)
+            self._answer(key, pj.PJSIP_SC_FORBIDDEN, {})
+            return
         info = call.getInfo()
         message = IncomingCall(
             request_uri=request_uri(prm.rdata.wholeMsg),

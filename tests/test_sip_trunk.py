@@ -1,0 +1,235 @@
+"""SIP access control and trunk registration: who may call the gateway, and registering with a trunk.
+
+Calls are SIPp scenarios against an in-process gateway, as in ``test_sip`` (whose helpers these
+tests use): each test starts its own gateway, and its pjsua2 endpoint (one per process) is stopped
+when the test's server is, before the next test starts one. The registrar is a real Kamailio
+(``sip/kamailio/registrar.cfg``: digest auth, contacts in memory) on a free loopback port; what
+it holds is read with ``kamcmd ul.dump``. Every wait is on the gateway's own reports (the
+endpoint's registration callback, SIPp's exit), bounded; Kamailio's start-up is waited on by
+its control socket answering, bounded too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import shutil
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from pydantic import SecretStr
+
+from inzwa_voice.api.keys import CALLS
+from inzwa_voice.config import load_settings
+from inzwa_voice.engines.registry import Engines
+from inzwa_voice.legs.sip import SIP, SipServer, registration
+from inzwa_voice.simulator.process import free_ports
+from inzwa_voice.sip.endpoint import Registration, RegistrationState, parse_sources, source_allowed
+from tests.conftest import ServerFactory
+from tests.test_sip import SCENARIOS, rejected, sip_server, sipp
+
+ROOT = Path(__file__).resolve().parents[1]
+REGISTRAR_CFG = ROOT / "sip" / "kamailio" / "registrar.cfg"
+REALM = "inzwa.test"
+USERNAME = "inzwa-trunk"
+PASSWORD = "s3cret-Pa55"
+START_TIMEOUT_S = 10
+REGISTER_TIMEOUT_S = 15
+
+
+@pytest.fixture(autouse=True, scope="module")
+def tools_installed() -> None:
+    """Kamailio and SIPp are real peers here; `make test` installs them (kamailio, sip-tester)."""
+    for tool in ("kamailio", "kamcmd", "sipp"):
+        assert shutil.which(tool) is not None, f"{tool} is missing: run `make test` (it installs it)"
+
+
+# ----- pieces -----
+
+
+def test_sources_are_networks_and_only_the_packet_source_counts() -> None:
+    allowed = parse_sources(["10.9.9.9", " 127.0.0.0/8 ", "", "2001:db8::/32"])
+    assert [str(n) for n in allowed] == ["10.9.9.9/32", "127.0.0.0/8", "2001:db8::/32"]
+    assert source_allowed("127.0.0.1:5061", allowed) and source_allowed("10.9.9.9:5060", allowed)
+    assert source_allowed("[2001:db8::1]:5060", allowed) and source_allowed("2001:db8::1", allowed)
+    assert not source_allowed("10.9.9.8:5060", allowed) and not source_allowed("garbage", allowed)
+    assert source_allowed("192.0.2.1:5060", ())  # empty: anyone
+    with pytest.raises(ValueError):
+        parse_sources(["10.0.0.300/8"])
+
+
+def test_registration_settings_keep_the_password_out_of_sight() -> None:
+    reg = Registration("sip:trunk.example.net:5060;transport=udp", "alice", "hunter2")
+    assert reg.aor == "sip:alice@trunk.example.net" and "hunter2" not in repr(reg)
+    assert Registration("sip:[2001:db8::1]:5080", "bob", "x").aor == "sip:bob@[2001:db8::1]:5080"
+
+    settings = load_settings(
+        _env_file=None, sip_registrar="sip:127.0.0.1:5080", sip_username="alice", sip_password="hunter2"
+    )
+    assert registration(settings) == Registration("sip:127.0.0.1:5080", "alice", "hunter2", "*", 300)
+    assert "hunter2" not in repr(settings)
+    with pytest.raises(ValueError):
+        registration(settings.model_copy(update={"sip_password": None}))
+    assert registration(load_settings(_env_file=None)) is None
+
+
+# ----- the source allow-list -----
+
+
+def forbidden_scenario(workdir: Path) -> Path:
+    """``uac_refused.xml`` expecting ``403 Forbidden`` and nothing else (no 180 either: a refused
+    source hears nothing before the 403)."""
+    text = (SCENARIOS / "uac_refused.xml").read_text(encoding="iso-8859-1")
+    start, end = text.index('  <recv response="100"'), text.index('  <label id="1"/>')
+    text = text[:start] + '  <recv response="100" optional="true"/>\n  <recv response="403"/>\n\n' + text[end:]
+    path = workdir / "uac_forbidden.xml"
+    path.write_text(text, encoding="iso-8859-1")
+    return path
+
+
+async def test_a_caller_outside_the_allow_list_gets_403(
+    make_server: ServerFactory, engines: Engines, tmp_path: Path
+) -> None:
+    server = await sip_server(make_server, sip_allowed_sources=["10.9.9.9/32"])
+    before = rejected(engines, "forbidden")
+    result = await sipp(server, str(forbidden_scenario(tmp_path)), tmp_path)
+    assert result.returncode == 0, result.errors
+    assert result.responses() == ["SIP/2.0 403 Forbidden"]
+    await asyncio.sleep(0)  # the endpoint queued the count before it sent the 403
+    assert rejected(engines, "forbidden") == before + 1
+    assert not server.app[CALLS].sessions
+
+
+async def test_a_caller_inside_the_allow_list_is_answered(make_server: ServerFactory, tmp_path: Path) -> None:
+    server = await sip_server(make_server, sip_allowed_sources=["127.0.0.0/8"])
+    result = await sipp(server, "uac_basic.xml", tmp_path)
+    assert result.returncode == 0, result.errors
+    assert "SIP/2.0 200 OK" in result.responses()
+
+
+# ----- trunk registration -----
+
+
+@pytest.fixture(scope="module")
+def registrar(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, str]]:
+    """Kamailio as a digest-authenticating registrar: (its UDP port, its kamcmd socket)."""
+    tmp = tmp_path_factory.mktemp("registrar")
+    port = free_ports(1)
+    ctl = f"unix:{tmp / 'kamailio.ctl'}"
+    runtime = tmp / "run"
+    runtime.mkdir()
+    defines = {
+        "LISTEN": f"udp:127.0.0.1:{port}",
+        "REALM": f'"{REALM}"',
+        "USERNAME": f'"{USERNAME}"',
+        "PASSWORD": f'"{PASSWORD}"',
+        "CTL_SOCKET": f'"{ctl}"',
+    }
+    args = ["kamailio", "-DD", "-E", "-f", str(REGISTRAR_CFG), "-m", "16", "-M", "4", "-Y", str(runtime)]
+    for name, value in defines.items():
+        args += ["-A", f"{name}={value}"]
+    with (tmp / "kamailio.log").open("w") as log:
+        process = subprocess.Popen(args, cwd=tmp, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while kamcmd(ctl, "core.uptime").returncode != 0:
+            assert process.poll() is None, (tmp / "kamailio.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "Kamailio's control socket never answered"
+            time.sleep(0.1)
+        yield port, ctl
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def kamcmd(ctl: str, *command: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["kamcmd", "-s", ctl, *command], capture_output=True, text=True, timeout=5, check=False)
+
+
+async def registration_reaches(sip: SipServer, monkeypatch: pytest.MonkeyPatch, done: Callable[[], bool]) -> None:
+    """Wait, bounded, until the endpoint's registration reports satisfy ``done``."""
+    changed = asyncio.Event()
+    report = sip.registration
+
+    def noted(state: RegistrationState) -> None:
+        report(state)
+        changed.set()
+
+    monkeypatch.setattr(sip, "registration", noted)
+    async with asyncio.timeout(REGISTER_TIMEOUT_S):
+        while not done():
+            changed.clear()
+            await changed.wait()
+
+
+def registered_gauge(engines: Engines) -> float | None:
+    return engines.metrics.registry.get_sample_value("inzwa_sip_registered")
+
+
+async def test_the_gateway_registers_with_digest_auth(
+    make_server: ServerFactory,
+    engines: Engines,
+    registrar: tuple[int, str],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    port, ctl = registrar
+    caplog.set_level(logging.DEBUG)  # pjsua2's own log at level 4 too: the password is in none of it
+    server = await sip_server(
+        make_server,
+        log_level="DEBUG",
+        sip_registrar=f"sip:127.0.0.1:{port}",
+        sip_username=USERNAME,
+        sip_password=SecretStr(PASSWORD),
+        sip_register_expires_s=120,
+    )
+    sip = server.app[SIP]
+    await registration_reaches(
+        sip,
+        monkeypatch,
+        lambda: sip.endpoint.registration is not None and sip.endpoint.registration.last_status_code is not None,
+    )
+    health = sip.registration_health()
+    assert health is not None and health["registered"] is True, health
+    assert health["last_status_code"] == 200 and 0 < int(str(health["expires"])) <= 120
+    assert registered_gauge(engines) == 1
+    dump = kamcmd(ctl, "ul.dump").stdout
+    assert f"AoR: {USERNAME}" in dump and f"Address: sip:{USERNAME}@127.0.0.1:{sip.port}" in dump, dump
+    assert PASSWORD not in caplog.text
+
+
+async def test_a_wrong_password_leaves_the_gateway_unregistered(
+    make_server: ServerFactory,
+    engines: Engines,
+    registrar: tuple[int, str],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    port, ctl = registrar
+    kamcmd(ctl, "ul.rm", "location", USERNAME)  # a binding left by the previous test must not count
+    assert f"AoR: {USERNAME}" not in kamcmd(ctl, "ul.dump").stdout
+    server = await sip_server(
+        make_server,
+        sip_registrar=f"sip:127.0.0.1:{port}",
+        sip_username=USERNAME,
+        sip_password=SecretStr("wrong-password"),
+    )
+    sip = server.app[SIP]
+    await registration_reaches(
+        sip,
+        monkeypatch,
+        lambda: sip.endpoint.registration is not None and sip.endpoint.registration.last_status_code is not None,
+    )
+    health = sip.registration_health()
+    assert health is not None and health["registered"] is False, health
+    assert health["last_status_code"] in (401, 403) and health["expires"] == 0
+    assert registered_gauge(engines) == 0
+    assert f"AoR: {USERNAME}" not in kamcmd(ctl, "ul.dump").stdout
+    assert "wrong-password" not in caplog.text
