@@ -30,26 +30,24 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import numpy as np
 
-from inzwa_voice.simulator.process import gateway_process
+from inzwa_voice.simulator.kamailio import dispatcher, sip_gateway
+from inzwa_voice.simulator.process import free_ports
 from inzwa_voice.simulator.run import gateway_usage
 from inzwa_voice.sip.pcap import write_pcap
 
 ROOT = Path(__file__).resolve().parents[1]
 ENGLISH_DIALPLAN = ROOT / "tests" / "dialplans" / "english.yaml"
-KAMAILIO_CONFIG = ROOT / "sip" / "kamailio" / "kamailio.cfg"
 BASIC_SCENARIO = ROOT / "sip" / "sipp" / "uac_basic.xml"
 CALLER = "+263771234567"
 SERVICE = "helpline"
@@ -57,98 +55,6 @@ CALLS_PER_GATEWAY = 4
 QUESTION = "What are your opening hours?"
 STATE_TIMEOUT_S = 30
 SIPP_TIMEOUT_S = 120
-
-
-def free_udp_tcp_ports(count: int) -> int:
-    """A base port with ``count`` consecutive ports free on 127.0.0.1 for both UDP and TCP."""
-    for _ in range(200):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-            probe.bind(("127.0.0.1", 0))
-            base = int(probe.getsockname()[1]) & ~1
-        if base + count > 65535:
-            continue
-        with contextlib.ExitStack() as stack:
-            try:
-                for port in range(base, base + count):
-                    for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
-                        sock = stack.enter_context(socket.socket(socket.AF_INET, kind))
-                        sock.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return base
-    raise RuntimeError("no free port range on 127.0.0.1")
-
-
-@contextlib.contextmanager
-def gateway(tmp: Path, name: str) -> Iterator[tuple[str, int]]:
-    """One gateway process on its own SIP port, RTP range and database: (URL, SIP port)."""
-    sip_port = free_udp_tcp_ports(1)
-    env = {
-        "INZWA_LANGUAGE": "en",
-        "INZWA_DIALPLAN_PATH": str(ENGLISH_DIALPLAN),
-        "INZWA_SIP_HOST": "127.0.0.1",
-        "INZWA_SIP_PORT": str(sip_port),
-        "INZWA_SIP_RTP_PORT": str(free_udp_tcp_ports(16)),
-        "INZWA_SIP_DRAIN_TIMEOUT_S": "1",
-        "INZWA_DB_PATH": str(tmp / f"{name}.db"),
-        "INZWA_AUDIOSOCKET_PORT": "0",
-        "INZWA_API_KEYS": "",
-    }
-    with gateway_process(env) as (url, _):
-        yield url, sip_port
-
-
-def destinations(ctl: str) -> dict[str, str]:
-    """Kamailio's gateways and their state flags (``AP`` = active and probed)."""
-    result = subprocess.run(
-        ["kamcmd", "-s", ctl, "dispatcher.list"], capture_output=True, text=True, timeout=5, check=False
-    )
-    return dict(re.findall(r"URI:\s*(\S+)\s+FLAGS:\s*(\S+)", result.stdout))
-
-
-def stop(process: subprocess.Popen[Any]) -> None:
-    process.terminate()
-    try:
-        process.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-
-
-@contextlib.contextmanager
-def kamailio(tmp: Path, gateway_ports: list[int]) -> Iterator[int]:
-    """Kamailio in the foreground on a free port, dispatching to the gateways; yields its port."""
-    port = free_udp_tcp_ports(1)
-    ds_list = tmp / "dispatcher.list"
-    ds_list.write_text("".join(f"1 sip:127.0.0.1:{p}\n" for p in gateway_ports))
-    ctl = f"unix:{tmp / 'kamailio.ctl'}"
-    runtime = tmp / "kamailio-run"
-    runtime.mkdir()
-    defines = {
-        "LISTEN": f"udp:127.0.0.1:{port}",
-        "DS_LIST": f'"{ds_list}"',
-        "CTL_SOCKET": f'"{ctl}"',
-        "DS_PING_INTERVAL": "1",
-        "DS_PROBE_THRESHOLD": "2",
-        "FR_TIMER_MS": "2000",
-    }
-    args = ["kamailio", "-DD", "-E", "-f", str(KAMAILIO_CONFIG), "-m", "32", "-M", "8", "-Y", str(runtime)]
-    for name, value in defines.items():
-        args += ["-A", f"{name}={value}"]
-    with (tmp / "kamailio.log").open("w") as log:
-        process = subprocess.Popen(args, cwd=tmp, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        expected = {f"sip:127.0.0.1:{p}": "AP" for p in gateway_ports}
-        deadline = time.monotonic() + STATE_TIMEOUT_S
-        while destinations(ctl) != expected:
-            if process.poll() is not None:
-                raise RuntimeError(f"Kamailio exited; see {tmp / 'kamailio.log'}")
-            if time.monotonic() > deadline:
-                raise RuntimeError("Kamailio never saw every gateway active")
-            time.sleep(0.2)
-        yield port
-    finally:
-        stop(process)
 
 
 def scenario(tmp: Path, pcap: Path | None, hold_ms: int) -> Path:
@@ -180,7 +86,7 @@ def speech_pcap(url: str, path: Path) -> float:
 
 def run_sipp(tmp: Path, xml: Path, port: int, calls: int, rate: float, limit: int) -> subprocess.CompletedProcess[str]:
     args = ["sipp", "-sf", str(xml), f"127.0.0.1:{port}", "-i", "127.0.0.1", "-t", "u1"]
-    args += ["-p", str(free_udp_tcp_ports(1)), "-mp", str(free_udp_tcp_ports(4)), "-s", SERVICE]
+    args += ["-p", str(free_ports(1, tcp=True)), "-mp", str(free_ports(4, tcp=True)), "-s", SERVICE]
     # -r new calls per -rp milliseconds: a whole rate per second as it is, a fraction per 1000 s.
     per = (
         ["-r", str(int(rate)), "-rp", "1000"]
@@ -247,11 +153,12 @@ def run(instances: int, calls: int, rate: float, hold_ms: int, speech: bool, kee
         if not keep:
             stack.callback(shutil.rmtree, tmp, ignore_errors=True)  # last out: after every process stopped
         started = time.perf_counter()
-        gateways = [stack.enter_context(gateway(tmp, f"gw{i}")) for i in range(instances)]
-        urls = [url for url, _ in gateways]
+        english = {"INZWA_LANGUAGE": "en", "INZWA_DIALPLAN_PATH": str(ENGLISH_DIALPLAN)}
+        gateways = [stack.enter_context(sip_gateway(tmp, f"gw{i}", english)) for i in range(instances)]
+        urls = [url for url, _, _ in gateways]
         pcap_s = speech_pcap(urls[0], tmp / "speech.pcap") if speech else None
         xml = scenario(tmp, tmp / "speech.pcap" if speech else None, hold_ms)
-        kam_port = stack.enter_context(kamailio(tmp, [port for _, port in gateways]))
+        kam_port, _, _ = stack.enter_context(dispatcher(tmp, [port for _, port, _ in gateways], STATE_TIMEOUT_S))
         startup_s = time.perf_counter() - started
         before = asyncio.run(usages(urls))
         turns_before = [metric(url, "inzwa_turns_total", 'leg="sip"') for url in urls]

@@ -15,20 +15,17 @@ from __future__ import annotations
 
 import contextlib
 import json
-import re
 import shutil
 import subprocess
-import time
 import urllib.request
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from inzwa_voice.simulator.process import free_ports, gateway_process
+from inzwa_voice.simulator.kamailio import dispatcher, dispatcher_state, sip_gateway, wait_until
+from inzwa_voice.simulator.process import free_ports
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIG = ROOT / "sip" / "kamailio" / "kamailio.cfg"
 SCENARIO = ROOT / "sip" / "sipp" / "uac_basic.xml"
 CALLER = "+263771234567"
 SERVICE = "helpline"
@@ -41,75 +38,6 @@ def tools_installed() -> None:
     """Kamailio and SIPp are real peers here; `make test` installs them (kamailio, sip-tester)."""
     for tool in ("kamailio", "kamcmd", "sipp"):
         assert shutil.which(tool) is not None, f"{tool} is missing: run `make test` (it installs it)"
-
-
-@contextlib.contextmanager
-def gateway(tmp: Path, name: str) -> Iterator[tuple[str, int, subprocess.Popen[str]]]:
-    """One gateway process on its own SIP port, RTP range and database: (URL, SIP port, process)."""
-    sip_port = free_ports(1, tcp=True)
-    env = {
-        "INZWA_SIP_HOST": "127.0.0.1",
-        "INZWA_SIP_PORT": str(sip_port),
-        "INZWA_SIP_RTP_PORT": str(free_ports(16, tcp=True)),
-        "INZWA_SIP_DRAIN_TIMEOUT_S": "1",
-        "INZWA_DB_PATH": str(tmp / f"{name}.db"),
-        "INZWA_AUDIOSOCKET_PORT": "0",
-        "INZWA_API_KEYS": "",
-    }
-    with gateway_process(env) as (url, process):
-        yield url, sip_port, process
-
-
-@contextlib.contextmanager
-def kamailio(tmp: Path, gateway_ports: list[int]) -> Iterator[tuple[int, str, subprocess.Popen[bytes]]]:
-    """Kamailio in the foreground on a free port, dispatching to the gateways: (port, ctl, process)."""
-    port = free_ports(1, tcp=True)
-    ds_list = tmp / "dispatcher.list"
-    ds_list.write_text("".join(f"1 sip:127.0.0.1:{p}\n" for p in gateway_ports))
-    ctl = f"unix:{tmp / 'kamailio.ctl'}"
-    runtime = tmp / "kamailio-run"
-    runtime.mkdir()
-    defines = {
-        "LISTEN": f"udp:127.0.0.1:{port}",
-        "DS_LIST": f'"{ds_list}"',
-        "CTL_SOCKET": f'"{ctl}"',
-        "DS_PING_INTERVAL": "1",
-        "DS_PROBE_THRESHOLD": "2",
-        "FR_TIMER_MS": "2000",
-    }
-    args = ["kamailio", "-DD", "-E", "-f", str(CONFIG), "-m", "32", "-M", "8", "-Y", str(runtime)]
-    for name, value in defines.items():
-        args += ["-A", f"{name}={value}"]
-    with (tmp / "kamailio.log").open("w") as log:
-        process = subprocess.Popen(args, cwd=tmp, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        expected = {f"sip:127.0.0.1:{p}": "AP" for p in gateway_ports}
-        wait_for(lambda: destinations(ctl) == expected, process)
-        yield port, ctl, process
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
-def destinations(ctl: str) -> dict[str, str]:
-    """Kamailio's gateways and their state flags (``AP`` active and probed, ``IP`` inactive)."""
-    result = subprocess.run(
-        ["kamcmd", "-s", ctl, "dispatcher.list"], capture_output=True, text=True, timeout=5, check=False
-    )
-    return dict(re.findall(r"URI:\s*(\S+)\s+FLAGS:\s*(\S+)", result.stdout))
-
-
-def wait_for(condition: Callable[[], bool], kamailio_process: subprocess.Popen[bytes]) -> None:
-    """Poll Kamailio's state (its probes run on their own timer), bounded by STATE_TIMEOUT_S."""
-    deadline = time.monotonic() + STATE_TIMEOUT_S
-    while not condition():
-        assert kamailio_process.poll() is None, "Kamailio exited; see kamailio.log"
-        assert time.monotonic() < deadline, "Kamailio's dispatcher never reached the expected state"
-        time.sleep(0.2)
 
 
 def sipp(tmp: Path, port: int, calls: int, name: str) -> subprocess.CompletedProcess[str]:
@@ -131,9 +59,9 @@ def sip_calls(url: str) -> int:
 
 def test_kamailio_spreads_calls_over_gateways_and_fails_over(tmp_path: Path) -> None:
     with contextlib.ExitStack() as stack:
-        url_a, port_a, _ = stack.enter_context(gateway(tmp_path, "a"))
-        url_b, port_b, process_b = stack.enter_context(gateway(tmp_path, "b"))
-        kam_port, ctl, kam = stack.enter_context(kamailio(tmp_path, [port_a, port_b]))
+        url_a, port_a, _ = stack.enter_context(sip_gateway(tmp_path, "a"))
+        url_b, port_b, process_b = stack.enter_context(sip_gateway(tmp_path, "b"))
+        kam_port, ctl, kam = stack.enter_context(dispatcher(tmp_path, [port_a, port_b], STATE_TIMEOUT_S))
 
         # Eight at once: more than one gateway can take (4 each), all answered.
         first = sipp(tmp_path, kam_port, 8, "eight")
@@ -147,8 +75,11 @@ def test_kamailio_spreads_calls_over_gateways_and_fails_over(tmp_path: Path) -> 
         second = sipp(tmp_path, kam_port, 4, "four")
         assert second.returncode == 0, second.stdout[-3000:] + _log(tmp_path / "four.errors.log")
         assert sip_calls(url_a) == 8
-        wait_for(lambda: destinations(ctl).get(f"sip:127.0.0.1:{port_b}", "").startswith("I"), kam)
-        assert destinations(ctl)[f"sip:127.0.0.1:{port_a}"] == "AP"
+        gone = f"sip:127.0.0.1:{port_b}"
+        wait_until(
+            lambda: dispatcher_state(ctl).get(gone, "").startswith("I"), kam, STATE_TIMEOUT_S, f"{gone} inactive"
+        )
+        assert dispatcher_state(ctl)[f"sip:127.0.0.1:{port_a}"] == "AP"
 
 
 def _log(path: Path) -> str:

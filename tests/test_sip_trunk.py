@@ -14,8 +14,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import shutil
-import subprocess
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -26,17 +24,15 @@ from inzwa_voice.api.keys import CALLS
 from inzwa_voice.config import load_settings
 from inzwa_voice.engines.registry import Engines
 from inzwa_voice.legs.sip import SIP, SipServer, registration
+from inzwa_voice.simulator.kamailio import CONFIG_DIR, kamailio, kamcmd
 from inzwa_voice.simulator.process import free_ports
 from inzwa_voice.sip.endpoint import Registration, RegistrationState, parse_sources, source_allowed
 from tests.conftest import ServerFactory
 from tests.test_sip import SCENARIOS, rejected, sip_server, sipp
 
-ROOT = Path(__file__).resolve().parents[1]
-REGISTRAR_CFG = ROOT / "sip" / "kamailio" / "registrar.cfg"
 REALM = "inzwa.test"
 USERNAME = "inzwa-trunk"
 PASSWORD = "s3cret-Pa55"
-START_TIMEOUT_S = 10
 REGISTER_TIMEOUT_S = 15
 
 
@@ -116,41 +112,16 @@ async def test_a_caller_inside_the_allow_list_is_answered(make_server: ServerFac
 @pytest.fixture(scope="module")
 def registrar(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, str]]:
     """Kamailio as a digest-authenticating registrar: (its UDP port, its kamcmd socket)."""
-    tmp = tmp_path_factory.mktemp("registrar")
     port = free_ports(1)
-    ctl = f"unix:{tmp / 'kamailio.ctl'}"
-    runtime = tmp / "run"
-    runtime.mkdir()
     defines = {
         "LISTEN": f"udp:127.0.0.1:{port}",
         "REALM": f'"{REALM}"',
         "USERNAME": f'"{USERNAME}"',
         "PASSWORD": f'"{PASSWORD}"',
-        "CTL_SOCKET": f'"{ctl}"',
     }
-    args = ["kamailio", "-DD", "-E", "-f", str(REGISTRAR_CFG), "-m", "16", "-M", "4", "-Y", str(runtime)]
-    for name, value in defines.items():
-        args += ["-A", f"{name}={value}"]
-    with (tmp / "kamailio.log").open("w") as log:
-        process = subprocess.Popen(args, cwd=tmp, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while kamcmd(ctl, "core.uptime").returncode != 0:
-            assert process.poll() is None, (tmp / "kamailio.log").read_text()[-3000:]
-            assert time.monotonic() < deadline, "Kamailio's control socket never answered"
-            time.sleep(0.1)
+    workdir = tmp_path_factory.mktemp("registrar")
+    with kamailio(CONFIG_DIR / "registrar.cfg", workdir, defines, memory_mb=(16, 4)) as (ctl, _):
         yield port, ctl
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
-def kamcmd(ctl: str, *command: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["kamcmd", "-s", ctl, *command], capture_output=True, text=True, timeout=5, check=False)
 
 
 async def registration_reaches(sip: SipServer, monkeypatch: pytest.MonkeyPatch, done: Callable[[], bool]) -> None:
