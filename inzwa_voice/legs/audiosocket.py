@@ -39,7 +39,7 @@ from inzwa_voice.conversation.calls import CallManager, CallRejected
 from inzwa_voice.conversation.session import CallSession
 from inzwa_voice.engines.base import PCM16
 from inzwa_voice.legs.base import CallInfo, LegKind, ProtocolError
-from inzwa_voice.legs.paced import CallerAudio, PacedLeg, PacedOutput
+from inzwa_voice.legs.paced import CallerAudio, OutputLeg, PacedOutput
 from inzwa_voice.media.framing import FRAME_MS, Framer, bytes_to_pcm16, pcm16_to_bytes
 
 log = logging.getLogger(__name__)
@@ -139,10 +139,11 @@ async def read_frame(reader: asyncio.StreamReader) -> Frame:
     return Frame(kind, payload)
 
 
-class AudioSocketLeg(PacedLeg):
+class AudioSocketLeg(OutputLeg):
     """One AudioSocket connection as a :class:`~inzwa_voice.legs.base.Leg`."""
 
     kind: LegKind = "audiosocket"
+    _out: PacedOutput
 
     def __init__(self, writer: asyncio.StreamWriter, on_error: Callable[[str], None]) -> None:
         self._writer = writer

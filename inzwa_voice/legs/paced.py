@@ -1,17 +1,18 @@
 """Audio plumbing the legs share: the caller's audio in, paced bot audio out.
 
 ``CallerAudio`` turns whatever a transport delivers (any rate, any chunk size) into the exact
-20 ms 16 kHz frames the session takes. ``PacedOutput`` and ``PacedLeg`` serve every leg whose
-transport cannot report playback (WebSocket, AudioSocket, WebRTC): a frame counts as played
-when the pacer hands it to the wire, and a mark fires once every frame queued before it has
-gone out.
+20 ms 16 kHz frames the session takes. ``PacedOutput`` serves every leg whose transport cannot
+report playback and that paces its own audio (WebSocket, AudioSocket): a frame counts as played
+when the pacer hands it to the wire, and a mark fires once every frame queued before it has gone
+out. ``OutputLeg`` gives any leg the Leg's audio methods over its output object, whether that is
+a ``PacedOutput``, the WebRTC track aiortc pulls from, or pjsua2's media port.
 """
 
 from __future__ import annotations
 
 from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from inzwa_voice.engines.base import PCM16
 from inzwa_voice.media.framing import FRAME_SAMPLES, PIPELINE_RATE, Framer
@@ -85,11 +86,24 @@ class PacedOutput:
         await self._pacer.close()
 
 
-class PacedLeg:
-    """The Leg methods of a leg whose bot audio goes out through a ``PacedOutput``."""
+class LegOutput(Protocol):
+    """Where a leg's bot audio goes, and what it knows of its playback."""
+
+    @property
+    def played_frames(self) -> int: ...
+
+    async def play(self, frame: PCM16) -> None: ...
+
+    def flush(self) -> int: ...
+
+    async def mark(self, name: str) -> None: ...
+
+
+class OutputLeg:
+    """The Leg's audio methods, delegated to the leg's output object ``_out``."""
 
     session: CallSession | None = None
-    _out: PacedOutput
+    _out: LegOutput
 
     @property
     def played_frames(self) -> int:

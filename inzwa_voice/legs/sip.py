@@ -48,9 +48,8 @@ from inzwa_voice.api.keys import CALLS, SETTINGS
 from inzwa_voice.config import Settings
 from inzwa_voice.conversation.calls import CallManager, CallRejected
 from inzwa_voice.conversation.session import CallSession
-from inzwa_voice.engines.base import PCM16
 from inzwa_voice.legs.base import CallInfo, LegKind
-from inzwa_voice.legs.paced import CallerAudio
+from inzwa_voice.legs.paced import CallerAudio, OutputLeg
 from inzwa_voice.media.framing import PIPELINE_RATE
 from inzwa_voice.sip.endpoint import (
     EndpointClosed,
@@ -91,37 +90,24 @@ def registered_gauge(registry: CollectorRegistry) -> Gauge:
     return gauge
 
 
-class SipLeg:
+class SipLeg(OutputLeg):
     """One SIP call as a :class:`~inzwa_voice.legs.base.Leg`; its audio is a ``MediaPipe``."""
 
     kind: LegKind = "sip"
 
     def __init__(self, key: int, endpoint: SipEndpoint, pipe: MediaPipe) -> None:
         self.key = key
-        self.session: CallSession | None = None
         self.gone = False
         """The far end hung up (BYE, CANCEL) or the call failed: nothing more goes out."""
         self._endpoint = endpoint
         self._pipe = pipe
+        self._out = pipe
         self._closed = False
         self._transfer: asyncio.Future[tuple[int, str]] | None = None
 
     def attach(self, session: CallSession) -> None:
         self.session = session
         self._pipe.connect(CallerAudio(session.feed, PIPELINE_RATE).push, session.marked)
-
-    @property
-    def played_frames(self) -> int:
-        return self._pipe.played_frames
-
-    async def play(self, frame: PCM16) -> None:
-        await self._pipe.play(frame)
-
-    def flush(self) -> int:
-        return self._pipe.flush()
-
-    async def mark(self, name: str) -> None:
-        await self._pipe.mark(name)
 
     async def send_event(self, event: dict[str, object]) -> None:
         """SIP carries no JSON events: audio, DTMF, transfer and hangup are all there is."""

@@ -67,7 +67,7 @@ from inzwa_voice.conversation.session import CallSession
 from inzwa_voice.engines.base import PCM16
 from inzwa_voice.errors import ApiError
 from inzwa_voice.legs.base import CallInfo, LegKind
-from inzwa_voice.legs.paced import CallerAudio
+from inzwa_voice.legs.paced import CallerAudio, OutputLeg
 from inzwa_voice.legs.webrtc_tokens import CallTokens, TokenError
 from inzwa_voice.media.framing import FRAME_MS, PIPELINE_RATE
 from inzwa_voice.media.resample import Resampler
@@ -193,17 +193,17 @@ def downmix(frame: AudioFrame) -> PCM16:
     return mixed
 
 
-class WebRTCLeg:
+class WebRTCLeg(OutputLeg):
     """One call's peer connection as a :class:`~inzwa_voice.legs.base.Leg`."""
 
     kind: LegKind = "webrtc"
 
     def __init__(self, pc: RTCPeerConnection, metrics: Metrics, forget: Callable[[WebRTCLeg], None]) -> None:
         self.pc = pc
-        self.session: CallSession | None = None
         self._metrics = metrics
         self._forget = forget
         self.track = BotAudioTrack(self._marked)
+        self._out = self.track
         self._channel: RTCDataChannel | None = None
         self._held: list[str] = []
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -213,24 +213,7 @@ class WebRTCLeg:
         pc.on("datachannel", self._on_datachannel)
         pc.on("connectionstatechange", self._on_connection_state)
 
-    # ----- Leg -----
-    @property
-    def played_frames(self) -> int:
-        return self.track.played_frames
-
-    async def play(self, frame: PCM16) -> None:
-        await self.track.play(frame)
-
-    def flush(self) -> int:
-        return self.track.flush()
-
-    async def mark(self, name: str) -> None:
-        await self.track.mark(name)
-
-    def _marked(self, name: str) -> None:
-        if self.session is not None:
-            self.session.marked(name)
-
+    # ----- Leg (audio: OutputLeg over the track) -----
     async def send_event(self, event: dict[str, object]) -> None:
         self._emit(event)
 

@@ -21,7 +21,7 @@ from inzwa_voice.api.keys import CALLS, SETTINGS
 from inzwa_voice.conversation.calls import CallRejected
 from inzwa_voice.conversation.session import CallSession
 from inzwa_voice.legs.base import CLOSE_PROTOCOL, CallInfo, LegKind, ProtocolError
-from inzwa_voice.legs.paced import CallerAudio, PacedLeg, PacedOutput
+from inzwa_voice.legs.paced import CallerAudio, OutputLeg, PacedOutput
 from inzwa_voice.media.framing import bytes_to_pcm16, pcm16_to_bytes
 
 log = logging.getLogger(__name__)
@@ -34,8 +34,9 @@ START_TIMEOUT_S = 10.0
 CLOSE_AUTH = 4401
 
 
-class WebSocketLeg(PacedLeg):
+class WebSocketLeg(OutputLeg):
     kind: LegKind = "ws"
+    _out: PacedOutput
 
     def __init__(self, ws: web.WebSocketResponse, sample_rate: int) -> None:
         self._ws = ws
