@@ -71,6 +71,13 @@ class Metrics:
         self.call_errors = Counter(
             "inzwa_call_errors", "Protocol or media errors on calls", ["leg", "code"], registry=r
         )
+        self.rtp_packets = Counter(
+            "inzwa_sip_rtp_packets",
+            "RTP packets of SIP calls' media streams, counted when a stream ends: received, lost "
+            "(sequence gaps) and discarded (from an unexpected source, late or malformed); sent",
+            ["direction", "outcome"],
+            registry=r,
+        )
         self.turn_latency = Histogram(
             "inzwa_turn_latency_seconds",
             "Time from the caller's last voiced frame to each stage of the answer",

@@ -10,10 +10,13 @@ pass Kamailio too.
 
 Reported from SIPp's own statistics: calls attempted, answered (the 200 OK), completed and
 failed; call setup time (INVITE sent → 200 OK received, per call from ``-trace_rtt``) p50/p95.
-From each gateway's /metrics: CPU seconds per call it took and its peak RSS; and how many SIP
-calls it finished (``inzwa_calls_total{leg="sip"}``). RTP loss is not measured (SIPp drops the media it receives
-and the gateway exports no RTP counters), so it is reported as ``null``; the gateway's answered
-caller turns (``inzwa_turns``) show that the speech got through and was understood.
+From each gateway's /metrics: CPU seconds per call it took and its peak RSS; how many SIP calls
+it finished (``inzwa_calls_total{leg="sip"}``); its answered caller turns (``inzwa_turns``: the
+speech got through and was understood); and its RTP counts (``inzwa_sip_rtp_packets_total``).
+RTP loss is the caller→gateway direction as the gateway measured it: sequence gaps over packets
+expected (received + lost), beside what SIPp played: the pcap's packets (or as many as fit in
+the hold) times the calls completed.
+SIPp drops the media it receives, so the gateway→caller direction is counted as sent only.
 
 Everything runs on 127.0.0.1; every process is bounded by a timeout and stopped in ``finally``.
 
@@ -70,8 +73,8 @@ def scenario(tmp: Path, pcap: Path | None, hold_ms: int) -> Path:
     return path
 
 
-def speech_pcap(url: str, path: Path) -> float:
-    """The caller's question from the gateway's own TTS, as a PCMU RTP pcap; returns its seconds."""
+def speech_pcap(url: str, path: Path) -> int:
+    """The caller's question from the gateway's own TTS, as a PCMU RTP pcap; returns its packets."""
     body = json.dumps({"text": QUESTION, "voice": "joe", "format": "pcm", "sample_rate": 8000}).encode()
     request = urllib.request.Request(
         f"{url}/v1/tts", data=body, headers={"Content-Type": "application/json"}, method="POST"
@@ -80,8 +83,7 @@ def speech_pcap(url: str, path: Path) -> float:
         audio = np.frombuffer(response.read(), dtype="<i2").copy()
     # Half a second of silence after the question, so the gateway's endpointing sees it end.
     audio = np.concatenate([audio, np.zeros(4000, dtype=np.int16)])
-    write_pcap(path, audio, "pcmu")
-    return round(len(audio) / 8000, 2)
+    return write_pcap(path, audio, "pcmu")
 
 
 def run_sipp(tmp: Path, xml: Path, port: int, calls: int, rate: float, limit: int) -> subprocess.CompletedProcess[str]:
@@ -143,6 +145,41 @@ def metric(url: str, name: str, label: str = "") -> float:
     )
 
 
+RTP_OUTCOMES = {
+    "rx_received": ("rx", "received"),
+    "rx_lost": ("rx", "lost"),
+    "rx_discarded": ("rx", "discarded"),
+    "tx_sent": ("tx", "sent"),
+}
+
+
+def rtp_counts(url: str) -> dict[str, int]:
+    """The gateway's ``inzwa_sip_rtp_packets_total`` by direction and outcome."""
+    return {
+        key: int(metric(url, "inzwa_sip_rtp_packets_total", f'direction="{direction}",outcome="{outcome}"'))
+        for key, (direction, outcome) in RTP_OUTCOMES.items()
+    }
+
+
+def settle(urls: list[str], calls_before: list[float], completed: int) -> None:
+    """Wait until the gateways have recorded as many finished SIP calls as SIPp completed (a
+    call's RTP counts are exported as its stream ends), so the samples after the run hold them
+    all; bounded by ``STATE_TIMEOUT_S``."""
+    deadline = time.monotonic() + STATE_TIMEOUT_S
+    while time.monotonic() < deadline:
+        finished = sum(
+            metric(url, "inzwa_calls_total", 'leg="sip"') - before
+            for url, before in zip(urls, calls_before, strict=True)
+        )
+        if finished >= completed:
+            return
+        time.sleep(0.1)  # polling another process's metrics: there is nothing to wait on here
+
+
+def loss_pct(lost: int, received: int) -> float | None:
+    return round(100 * lost / (lost + received), 3) if lost + received else None
+
+
 def run(instances: int, calls: int, rate: float, hold_ms: int, speech: bool, keep: bool) -> dict[str, Any]:
     for tool in ("kamailio", "kamcmd", "sipp"):
         if shutil.which(tool) is None:
@@ -156,22 +193,30 @@ def run(instances: int, calls: int, rate: float, hold_ms: int, speech: bool, kee
         english = {"INZWA_LANGUAGE": "en", "INZWA_DIALPLAN_PATH": str(ENGLISH_DIALPLAN)}
         gateways = [stack.enter_context(sip_gateway(tmp, f"gw{i}", english)) for i in range(instances)]
         urls = [url for url, _, _ in gateways]
-        pcap_s = speech_pcap(urls[0], tmp / "speech.pcap") if speech else None
+        pcap_packets = speech_pcap(urls[0], tmp / "speech.pcap") if speech else 0
         xml = scenario(tmp, tmp / "speech.pcap" if speech else None, hold_ms)
         kam_port, _, _ = stack.enter_context(dispatcher(tmp, [port for _, port, _ in gateways], STATE_TIMEOUT_S))
         startup_s = time.perf_counter() - started
         before = asyncio.run(usages(urls))
         turns_before = [metric(url, "inzwa_turns_total", 'leg="sip"') for url in urls]
         calls_before = [metric(url, "inzwa_calls_total", 'leg="sip"') for url in urls]
+        rtp_before = [rtp_counts(url) for url in urls]
         t0 = time.perf_counter()
         result = run_sipp(tmp, xml, kam_port, calls, rate, limit)
         wall_s = time.perf_counter() - t0
-        time.sleep(1.5)  # let the gateways finish tearing the last calls down before sampling
+        if not (tmp / "sipp.stats.csv").exists():
+            raise RuntimeError(f"SIPp wrote no statistics (rc {result.returncode}):\n{result.stderr[-2000:]}")
+        stats = sipp_results(tmp)
+        settle(urls, calls_before, stats["completed"])
         after = asyncio.run(usages(urls))
         per_gateway = []
+        rtp = dict.fromkeys(RTP_OUTCOMES, 0)
         for i, url in enumerate(urls):
             taken = int(metric(url, "inzwa_calls_total", 'leg="sip"') - calls_before[i])
             cpu = after[i]["cpu_s"] - before[i]["cpu_s"]
+            counts = {key: n - rtp_before[i][key] for key, n in rtp_counts(url).items()}
+            for key, n in counts.items():
+                rtp[key] += n
             per_gateway.append(
                 {
                     "sip_calls": taken,
@@ -179,11 +224,9 @@ def run(instances: int, calls: int, rate: float, hold_ms: int, speech: bool, kee
                     "cpu_s": round(cpu, 2),
                     "cpu_s_per_call": round(cpu / taken, 3) if taken else None,
                     "peak_rss_mb": after[i]["peak_rss_mb"],
+                    "rtp": counts,
                 }
             )
-        if not (tmp / "sipp.stats.csv").exists():
-            raise RuntimeError(f"SIPp wrote no statistics (rc {result.returncode}):\n{result.stderr[-2000:]}")
-        stats = sipp_results(tmp)
         errors = tmp / "sipp.errors.log"
         return {
             "instances": instances,
@@ -192,13 +235,17 @@ def run(instances: int, calls: int, rate: float, hold_ms: int, speech: bool, kee
             "max_concurrent": limit,
             "hold_ms": hold_ms,
             "rtp": "speech pcap (PCMU)" if speech else "none",
-            "speech_s": pcap_s,
+            "speech_s": round(pcap_packets * 0.02, 2),
             "startup_s": round(startup_s, 1),
             "sipp_rc": result.returncode,
             "sipp_wall_s": round(wall_s, 1),
             **stats,
-            "rtp_loss_pct": None,
-            "rtp_loss_note": "n/a: SIPp drops received RTP and the gateway exports no RTP loss counters",
+            "rtp_rx_expected": min(pcap_packets, hold_ms // 20) * stats["completed"],  # SIPp stops at its BYE
+            "rtp_rx_received": rtp["rx_received"],
+            "rtp_rx_lost": rtp["rx_lost"],
+            "rtp_rx_discarded": rtp["rx_discarded"],
+            "rtp_loss_pct": loss_pct(rtp["rx_lost"], rtp["rx_received"]),
+            "rtp_tx_sent": rtp["tx_sent"],
             "gateways": per_gateway,
             "sipp_errors_tail": errors.read_text(errors="replace")[-1500:] if errors.exists() else "",
             "workdir": str(tmp) if keep else None,

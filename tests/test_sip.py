@@ -327,6 +327,15 @@ async def test_a_spoken_question_is_heard_and_the_gateway_hangs_up(
     assert "clinic" in record["turns"][0]["caller_text"].lower()
 
 
+def rtp_packet(seq: int, ssrc: int, pcm: np.ndarray) -> bytes:
+    """One PCMU packet of 20 ms."""
+    return struct.pack(">BBHII", 0x80, 0, seq & 0xFFFF, (seq * 160) & 0xFFFFFFFF, ssrc) + ulaw_encode(pcm)
+
+
+def frames_of(speech: np.ndarray) -> list[np.ndarray]:
+    return [speech[i : i + 160] for i in range(0, len(speech) - 159, 160)]
+
+
 class RtpPhone(asyncio.DatagramProtocol):
     """The caller's phone, as far as media goes: PCMU RTP from one port, both ways.
 
@@ -341,6 +350,7 @@ class RtpPhone(asyncio.DatagramProtocol):
         self.gateway: tuple[str, int] | None = None
         self.heard_gateway = asyncio.Event()
         self.answer: list[bytes] = []
+        self.sent = 0
         self._listening = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -353,32 +363,61 @@ class RtpPhone(asyncio.DatagramProtocol):
         if self._listening and len(data) > 12 and data[1] & 0x7F == 0:
             self.answer.append(data[12:])
 
-    async def speak(self, speech: np.ndarray, stop: asyncio.Event) -> None:
+    async def speak(self, speech: np.ndarray, stop: asyncio.Event, intruder: Intruder) -> None:
+        """Speak, with the intruder sending a packet of its own after each of the phone's while
+        the question lasts, from its 25th on: the gateway has heard the phone by then."""
         await self.heard_gateway.wait()
-        assert self.transport is not None
+        assert self.transport is not None and self.gateway is not None
         loop = asyncio.get_running_loop()
-        frames = [speech[i : i + 160] for i in range(0, len(speech) - 159, 160)]
+        frames = frames_of(speech)
         silence = np.zeros(160, dtype=np.int16)
         started, seq = loop.time(), 0
         while not stop.is_set():
             frame = frames[seq] if seq < len(frames) else silence
             self._listening = seq >= len(frames)
-            header = struct.pack(">BBHII", 0x80, 0, seq & 0xFFFF, (seq * 160) & 0xFFFFFFFF, 0x5EED)
-            self.transport.sendto(header + ulaw_encode(frame), self.gateway)
+            self.transport.sendto(rtp_packet(seq, 0x5EED, frame), self.gateway)
+            self.sent += 1
+            if 25 <= seq < len(frames):
+                intruder.send(self.gateway)
             seq += 1
             await asyncio.sleep(max(0.0, started + seq * 0.02 - loop.time()))  # a phone's 20 ms clock
 
 
-async def test_the_answer_comes_back_as_rtp_speech(
+class Intruder(asyncio.DatagramProtocol):
+    """RTP nobody negotiated: a stream of other speech, from another port, to the call's RTP
+    port, as a stale call or a scanner sends it. It counts what the gateway sends it."""
+
+    def __init__(self, speech: np.ndarray) -> None:
+        self.transport: asyncio.DatagramTransport | None = None
+        self.frames = frames_of(speech)
+        self.sent = 0
+        self.heard = 0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.DatagramTransport, transport)
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        self.heard += 1
+
+    def send(self, gateway: tuple[str, int]) -> None:
+        assert self.transport is not None
+        frame = self.frames[self.sent % len(self.frames)]
+        self.transport.sendto(rtp_packet(20_000 + self.sent, 0xBAD, frame), gateway)
+        self.sent += 1
+
+
+async def test_the_answer_comes_back_as_rtp_speech_and_rtp_from_elsewhere_is_dropped(
     make_server: ServerFactory, engines: Engines, workdir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     server = await sip_server(make_server)
     records = Records(server, monkeypatch)
     question = await speak(engines, QUESTION, rate=8000)
+    other = await speak(engines, "Bananas and pancakes for breakfast, every single day of the week.", rate=8000)
     loop = asyncio.get_running_loop()
     transport, phone = await loop.create_datagram_endpoint(RtpPhone, local_addr=("127.0.0.1", 0))
+    stray, intruder = await loop.create_datagram_endpoint(lambda: Intruder(other), local_addr=("127.0.0.1", 0))
     stop = asyncio.Event()
-    speaking = asyncio.ensure_future(phone.speak(question, stop))
+    speaking = asyncio.ensure_future(phone.speak(question, stop, intruder))
     rtp_port = str(transport.get_extra_info("sockname")[1])
     try:
         async with running(sipp(server, "uac_external_media.xml", workdir, rtp_port=rtp_port)) as caller:
@@ -388,15 +427,31 @@ async def test_the_answer_comes_back_as_rtp_speech(
             async with server.http.post(f"{server.v1}/admin/calls/{call_id}/hangup?goodbye=false") as resp:
                 assert resp.status == 200
             result = await caller
+            await records.until(lambda: any(data[0] == "rtp" for _, data in records.of("record_event")))
     finally:
         stop.set()
         await speaking
         transport.close()
+        stray.close()
     assert result.returncode == 0, result.errors
+    # The intruder's packets were dropped: the caller's question came through whole, none of
+    # the other speech did, and the gateway kept sending to the phone alone.
     assert "clinic" in (turn.caller_text or "").lower()
+    assert "banana" not in (turn.caller_text or "").lower()
+    assert intruder.sent > 50 and intruder.heard == 0
     answer = ulaw_decode(b"".join(phone.answer))
     assert len(answer) > 8000 and np.abs(answer).max() > 2000, "a second or more of audible answer"
     assert await transcript(engines, answer, 8000), "the answer's RTP decodes to speech"
+    # The call's RTP counts are the phone's packets alone: the intruder's never reached the stream.
+    (stats,) = [data for _, (kind, data) in records.of("record_event") if kind == "rtp"]
+    assert stats["codec"] == "PCMU" and stats["rx_lost"] == 0 and stats["rx_discarded"] == 0, stats
+    assert phone.sent - 5 <= stats["rx_packets"] <= phone.sent and stats["tx_packets"] > 100, (stats, phone.sent)
+    events = [e for e in (await call_record(server, call_id))["events"] if e["kind"] == "rtp"]
+    assert [e["data"] for e in events] == [stats]
+    received = engines.metrics.registry.get_sample_value(
+        "inzwa_sip_rtp_packets_total", {"direction": "rx", "outcome": "received"}
+    )
+    assert received is not None and received >= stats["rx_packets"]
 
 
 async def test_dtmf_zero_transfers_the_caller_by_refer(

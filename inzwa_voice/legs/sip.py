@@ -28,6 +28,16 @@ Access: ``sip_allowed_sources`` (IPs, CIDRs) limits who may call; an INVITE from
 A trunk that wants us registered gets ``sip_registrar`` and digest credentials; the state is in
 ``/health`` (:meth:`SipServer.registration_health`) and the gauge ``inzwa_sip_registered``.
 
+Media quality: every media stream's RTP counts (received, lost, discarded, jitter, sent) go to
+the call record as an ``rtp`` event and to ``inzwa_sip_rtp_packets`` when the stream ends.
+
+RTP from elsewhere: pjmedia takes a call's RTP from the address the caller's SDP gave. Packets
+from any other address are dropped unseen (not played, not counted, no answer sent there) for as
+long as the caller's own packets keep coming. It moves to a new source only after 10 packets in a
+row from it with none from the caller between them, or at once if the caller has sent nothing
+yet: symmetric RTP, which phones behind NAT need. A deployment that must rule that out lets only
+its trunk's media addresses reach ``sip_rtp_port`` and up (``deploy/README.md``).
+
 Shutdown drains: new calls get 503, live ones may finish for ``sip_drain_timeout_s``, then the
 gateway hangs up the rest (``shutdown``).
 """
@@ -57,6 +67,7 @@ from inzwa_voice.sip.endpoint import (
     IncomingCall,
     Registration,
     RegistrationState,
+    RtpStats,
     SipEndpoint,
     parse_sources,
 )
@@ -277,6 +288,19 @@ class SipServer:
         ``expires``, ``reason``); None when no registrar is configured."""
         state = self.endpoint.registration
         return None if state is None else state.as_dict()
+
+    def media_stats(self, key: int, stats: RtpStats) -> None:
+        """A media stream ended: its packet counts go to ``inzwa_sip_rtp_packets`` and, as an
+        ``rtp`` event, to the call record (one per stream: a re-INVITE may replace it). They
+        come before the call's end, but after the session ended when the hang-up was ours."""
+        packets = self.calls.metrics.rtp_packets
+        packets.labels("rx", "received").inc(stats.rx_packets)
+        packets.labels("rx", "lost").inc(stats.rx_lost)
+        packets.labels("rx", "discarded").inc(stats.rx_discarded)
+        packets.labels("tx", "sent").inc(stats.tx_packets)
+        leg = self._legs.get(key)
+        if leg is not None and leg.session is not None:
+            self._spawn(self.calls.record_event(leg.session, "rtp", stats.as_dict()))
 
     def rejected(self, status: int, reason: str) -> None:
         self.calls.metrics.calls_rejected.labels("sip", REJECTED.get(status, "invalid")).inc()

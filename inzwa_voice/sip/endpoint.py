@@ -5,8 +5,8 @@ pjlib knows. So one worker thread owns it all:
 
 * The worker creates the library (pjlib registers the creating thread, so no
   ``libRegisterThread`` is needed) and polls SIP itself (``threadCnt = 0``): ``onIncomingCall``,
-  ``onCallState``, ``onCallMediaState``, ``onCallSdpCreated``, ``onCallTransferStatus`` and
-  ``onRejectedIncomingCall`` all run on it, as do the commands the loop queues (answer, hang
+  ``onCallState``, ``onCallMediaState``, ``onCallSdpCreated``, ``onCallTransferStatus``,
+  ``onStreamDestroyed`` and ``onRejectedIncomingCall`` all run on it, as do the commands the loop queues (answer, hang
   up, transfer). It is the only thread that calls pjsua2.
 * pjmedia's clock thread calls every call's :class:`~inzwa_voice.sip.media.AudioPort` each
   20 ms, and its media I/O thread reports RFC 4733 digits (``onDtmfDigit``): those callbacks
@@ -44,6 +44,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import dataclasses
 import functools
 import ipaddress
 import itertools
@@ -177,6 +178,25 @@ class IncomingCall:
     source: str
 
 
+@dataclass(frozen=True)
+class RtpStats:
+    """One media stream's RTP as pjmedia counted it, read as the stream ends (at hang-up, or
+    when a re-INVITE replaces it). ``rx_lost`` are sequence gaps; ``rx_discarded`` are packets
+    the stream refused: out of sequence, duplicated or malformed. Packets from an address other
+    than the caller's are dropped before the stream counts anything (see ``legs.sip``)."""
+
+    codec: str
+    rx_packets: int
+    rx_lost: int
+    rx_discarded: int
+    rx_jitter_ms: float
+    """Mean interarrival jitter (RFC 3550) of what was received."""
+    tx_packets: int
+
+    def as_dict(self) -> dict[str, object]:
+        return dataclasses.asdict(self)
+
+
 class Listener(Protocol):
     """The loop side of the endpoint; every method runs on the asyncio loop."""
 
@@ -189,6 +209,8 @@ class Listener(Protocol):
     def transfer_status(self, key: int, status: int, reason: str, final: bool) -> None: ...
 
     def rejected(self, status: int, reason: str) -> None: ...
+
+    def media_stats(self, key: int, stats: RtpStats) -> None: ...
 
     def forbidden(self, source: str) -> None: ...
 
@@ -289,6 +311,21 @@ class _Call(pj.Call):  # type: ignore[misc]
             codec = self.getStreamInfo(index).codecName
             held = media.status == pj.PJSUA_CALL_MEDIA_REMOTE_HOLD
             log.info("sip media", extra={"sip_call": self.key, "codec": codec, "held": held})
+
+    @_guarded
+    def onStreamDestroyed(self, prm: Any) -> None:  # worker, while the stream still exists
+        index = prm.streamIdx
+        stat = self.getStreamStat(index)
+        rx, tx = stat.rtcp.rxStat, stat.rtcp.txStat
+        stats = RtpStats(
+            codec=str(self.getStreamInfo(index).codecName),
+            rx_packets=int(rx.pkt),
+            rx_lost=int(rx.loss),
+            rx_discarded=int(rx.discard),
+            rx_jitter_ms=round(rx.jitterUsec.mean / 1000, 2),
+            tx_packets=int(tx.pkt),
+        )
+        self._owner.notify(self._owner.listener.media_stats, self.key, stats)
 
     @_guarded
     def onDtmfDigit(self, prm: Any) -> None:  # media thread (RFC 4733) or worker (SIP INFO)
