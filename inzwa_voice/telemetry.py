@@ -74,7 +74,8 @@ class Metrics:
         self.rtp_packets = Counter(
             "inzwa_sip_rtp_packets",
             "RTP packets of SIP calls' media streams, counted when a stream ends: received, lost "
-            "(sequence gaps) and discarded (from an unexpected source, late or malformed); sent",
+            "(sequence gaps) and discarded (out of sequence, duplicated or malformed); sent. Packets "
+            "from an address other than the caller's are dropped before any count",
             ["direction", "outcome"],
             registry=r,
         )

@@ -134,45 +134,46 @@ async def usages(urls: list[str]) -> list[dict[str, float]]:
         return list(await asyncio.gather(*(gateway_usage(http, url) for url in urls)))
 
 
-def metric(url: str, name: str, label: str = "") -> float:
-    """Sum of one metric's samples whose labels contain ``label``, from the gateway's /metrics."""
-    with urllib.request.urlopen(f"{url}/metrics", timeout=10) as response:
-        text = response.read().decode()
-    return sum(
-        float(line.split()[-1])
-        for line in text.splitlines()
-        if re.match(rf"{name}(\{{|\s)", line) and label in line.split()[0]
-    )
-
-
-RTP_OUTCOMES = {
-    "rx_received": ("rx", "received"),
-    "rx_lost": ("rx", "lost"),
-    "rx_discarded": ("rx", "discarded"),
-    "tx_sent": ("tx", "sent"),
+COUNTERS = {
+    "sip_calls": ("inzwa_calls_total", 'leg="sip"'),
+    "caller_turns": ("inzwa_turns_total", 'leg="sip"'),
+    "rx_received": ("inzwa_sip_rtp_packets_total", 'direction="rx",outcome="received"'),
+    "rx_lost": ("inzwa_sip_rtp_packets_total", 'direction="rx",outcome="lost"'),
+    "rx_discarded": ("inzwa_sip_rtp_packets_total", 'direction="rx",outcome="discarded"'),
+    "tx_sent": ("inzwa_sip_rtp_packets_total", 'direction="tx",outcome="sent"'),
 }
+"""What the benchmark reads from each gateway: a metric's samples whose labels contain the text."""
+RTP_KEYS = ("rx_received", "rx_lost", "rx_discarded", "tx_sent")
 
 
-def rtp_counts(url: str) -> dict[str, int]:
-    """The gateway's ``inzwa_sip_rtp_packets_total`` by direction and outcome."""
+def counters(url: str) -> dict[str, int]:
+    """The :data:`COUNTERS` from one scrape of the gateway's /metrics."""
+    with urllib.request.urlopen(f"{url}/metrics", timeout=10) as response:
+        lines = response.read().decode().splitlines()
     return {
-        key: int(metric(url, "inzwa_sip_rtp_packets_total", f'direction="{direction}",outcome="{outcome}"'))
-        for key, (direction, outcome) in RTP_OUTCOMES.items()
+        key: int(
+            sum(
+                float(line.split()[-1])
+                for line in lines
+                if re.match(rf"{name}(\{{|\s)", line) and label in line.split()[0]
+            )
+        )
+        for key, (name, label) in COUNTERS.items()
     }
 
 
-def settle(urls: list[str], calls_before: list[float], completed: int) -> None:
+def settle(urls: list[str], before: list[dict[str, int]], completed: int) -> list[dict[str, int]]:
     """Wait until the gateways have recorded as many finished SIP calls as SIPp completed (a
-    call's RTP counts are exported as its stream ends), so the samples after the run hold them
-    all; bounded by ``STATE_TIMEOUT_S``."""
+    call's RTP counts are exported as its stream ends), bounded by ``STATE_TIMEOUT_S``; returns
+    each gateway's counters since ``before``."""
     deadline = time.monotonic() + STATE_TIMEOUT_S
-    while time.monotonic() < deadline:
-        finished = sum(
-            metric(url, "inzwa_calls_total", 'leg="sip"') - before
-            for url, before in zip(urls, calls_before, strict=True)
-        )
-        if finished >= completed:
-            return
+    while True:
+        since = [
+            {key: n - earlier[key] for key, n in counters(url).items()}
+            for url, earlier in zip(urls, before, strict=True)
+        ]
+        if sum(counts["sip_calls"] for counts in since) >= completed or time.monotonic() >= deadline:
+            return since
         time.sleep(0.1)  # polling another process's metrics: there is nothing to wait on here
 
 
@@ -198,35 +199,29 @@ def run(instances: int, calls: int, rate: float, hold_ms: int, speech: bool, kee
         kam_port, _, _ = stack.enter_context(dispatcher(tmp, [port for _, port, _ in gateways], STATE_TIMEOUT_S))
         startup_s = time.perf_counter() - started
         before = asyncio.run(usages(urls))
-        turns_before = [metric(url, "inzwa_turns_total", 'leg="sip"') for url in urls]
-        calls_before = [metric(url, "inzwa_calls_total", 'leg="sip"') for url in urls]
-        rtp_before = [rtp_counts(url) for url in urls]
+        counts_before = [counters(url) for url in urls]
         t0 = time.perf_counter()
         result = run_sipp(tmp, xml, kam_port, calls, rate, limit)
         wall_s = time.perf_counter() - t0
         if not (tmp / "sipp.stats.csv").exists():
             raise RuntimeError(f"SIPp wrote no statistics (rc {result.returncode}):\n{result.stderr[-2000:]}")
         stats = sipp_results(tmp)
-        settle(urls, calls_before, stats["completed"])
+        counts = settle(urls, counts_before, stats["completed"])
         after = asyncio.run(usages(urls))
         per_gateway = []
-        rtp = dict.fromkeys(RTP_OUTCOMES, 0)
-        for i, url in enumerate(urls):
-            taken = int(metric(url, "inzwa_calls_total", 'leg="sip"') - calls_before[i])
+        for i, taken in enumerate(counts):
             cpu = after[i]["cpu_s"] - before[i]["cpu_s"]
-            counts = {key: n - rtp_before[i][key] for key, n in rtp_counts(url).items()}
-            for key, n in counts.items():
-                rtp[key] += n
             per_gateway.append(
                 {
-                    "sip_calls": taken,
-                    "caller_turns": int(metric(url, "inzwa_turns_total", 'leg="sip"') - turns_before[i]),
+                    "sip_calls": taken["sip_calls"],
+                    "caller_turns": taken["caller_turns"],
                     "cpu_s": round(cpu, 2),
-                    "cpu_s_per_call": round(cpu / taken, 3) if taken else None,
+                    "cpu_s_per_call": round(cpu / taken["sip_calls"], 3) if taken["sip_calls"] else None,
                     "peak_rss_mb": after[i]["peak_rss_mb"],
-                    "rtp": counts,
+                    "rtp": {key: taken[key] for key in RTP_KEYS},
                 }
             )
+        rtp = {key: sum(taken[key] for taken in counts) for key in RTP_KEYS}
         errors = tmp / "sipp.errors.log"
         return {
             "instances": instances,

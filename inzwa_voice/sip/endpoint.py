@@ -6,8 +6,8 @@ pjlib knows. So one worker thread owns it all:
 * The worker creates the library (pjlib registers the creating thread, so no
   ``libRegisterThread`` is needed) and polls SIP itself (``threadCnt = 0``): ``onIncomingCall``,
   ``onCallState``, ``onCallMediaState``, ``onCallSdpCreated``, ``onCallTransferStatus``,
-  ``onStreamDestroyed`` and ``onRejectedIncomingCall`` all run on it, as do the commands the loop queues (answer, hang
-  up, transfer). It is the only thread that calls pjsua2.
+  ``onStreamDestroyed`` and ``onRejectedIncomingCall`` all run on it, as do the commands the
+  loop queues (answer, hang up, transfer). It is the only thread that calls pjsua2.
 * pjmedia's clock thread calls every call's :class:`~inzwa_voice.sip.media.AudioPort` each
   20 ms, and its media I/O thread reports RFC 4733 digits (``onDtmfDigit``): those callbacks
   only hand data over.
