@@ -33,7 +33,8 @@ from tests.test_sip import SCENARIOS, rejected, sip_server, sipp
 REALM = "inzwa.test"
 USERNAME = "inzwa-trunk"
 PASSWORD = "s3cret-Pa55"
-REGISTER_TIMEOUT_S = 15
+REPORT_TIMEOUT_S = 15
+"""How long a test waits for one of the endpoint's reports (a REGISTER answered, a 403 counted)."""
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -87,14 +88,24 @@ def forbidden_scenario(workdir: Path) -> Path:
 
 
 async def test_a_caller_outside_the_allow_list_gets_403(
-    make_server: ServerFactory, engines: Engines, tmp_path: Path
+    make_server: ServerFactory, engines: Engines, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     server = await sip_server(make_server, sip_allowed_sources=["10.9.9.9/32"])
+    sip = server.app[SIP]
+    refused = asyncio.Event()
+    forbidden = sip.forbidden
+
+    def noted(source: str) -> None:
+        forbidden(source)
+        refused.set()
+
+    monkeypatch.setattr(sip, "forbidden", noted)
     before = rejected(engines, "forbidden")
     result = await sipp(server, str(forbidden_scenario(tmp_path)), tmp_path)
     assert result.returncode == 0, result.errors
     assert result.responses() == ["SIP/2.0 403 Forbidden"]
-    await asyncio.sleep(0)  # the endpoint queued the count before it sent the 403
+    async with asyncio.timeout(REPORT_TIMEOUT_S):
+        await refused.wait()
     assert rejected(engines, "forbidden") == before + 1
     assert not server.app[CALLS].sessions
 
@@ -134,10 +145,31 @@ async def registration_reaches(sip: SipServer, monkeypatch: pytest.MonkeyPatch, 
         changed.set()
 
     monkeypatch.setattr(sip, "registration", noted)
-    async with asyncio.timeout(REGISTER_TIMEOUT_S):
+    async with asyncio.timeout(REPORT_TIMEOUT_S):
         while not done():
             changed.clear()
             await changed.wait()
+
+
+async def registering_gateway(
+    make_server: ServerFactory, port: int, password: str, monkeypatch: pytest.MonkeyPatch, **overrides: object
+) -> SipServer:
+    """A gateway registering with the registrar on ``port`` as :data:`USERNAME`, once the
+    registrar has answered its REGISTER (with a binding or a refusal)."""
+    server = await sip_server(
+        make_server,
+        sip_registrar=f"sip:127.0.0.1:{port}",
+        sip_username=USERNAME,
+        sip_password=SecretStr(password),
+        **overrides,
+    )
+    sip = server.app[SIP]
+    await registration_reaches(
+        sip,
+        monkeypatch,
+        lambda: sip.endpoint.registration is not None and sip.endpoint.registration.last_status_code is not None,
+    )
+    return sip
 
 
 def registered_gauge(engines: Engines) -> float | None:
@@ -153,19 +185,8 @@ async def test_the_gateway_registers_with_digest_auth(
 ) -> None:
     port, ctl = registrar
     caplog.set_level(logging.DEBUG)  # pjsua2's own log at level 4 too: the password is in none of it
-    server = await sip_server(
-        make_server,
-        log_level="DEBUG",
-        sip_registrar=f"sip:127.0.0.1:{port}",
-        sip_username=USERNAME,
-        sip_password=SecretStr(PASSWORD),
-        sip_register_expires_s=120,
-    )
-    sip = server.app[SIP]
-    await registration_reaches(
-        sip,
-        monkeypatch,
-        lambda: sip.endpoint.registration is not None and sip.endpoint.registration.last_status_code is not None,
+    sip = await registering_gateway(
+        make_server, port, PASSWORD, monkeypatch, log_level="DEBUG", sip_register_expires_s=120
     )
     health = sip.registration_health()
     assert health is not None and health["registered"] is True, health
@@ -186,18 +207,7 @@ async def test_a_wrong_password_leaves_the_gateway_unregistered(
     port, ctl = registrar
     kamcmd(ctl, "ul.rm", "location", USERNAME)  # a binding left by the previous test must not count
     assert f"AoR: {USERNAME}" not in kamcmd(ctl, "ul.dump").stdout
-    server = await sip_server(
-        make_server,
-        sip_registrar=f"sip:127.0.0.1:{port}",
-        sip_username=USERNAME,
-        sip_password=SecretStr("wrong-password"),
-    )
-    sip = server.app[SIP]
-    await registration_reaches(
-        sip,
-        monkeypatch,
-        lambda: sip.endpoint.registration is not None and sip.endpoint.registration.last_status_code is not None,
-    )
+    sip = await registering_gateway(make_server, port, "wrong-password", monkeypatch)
     health = sip.registration_health()
     assert health is not None and health["registered"] is False, health
     assert health["last_status_code"] in (401, 403) and health["expires"] == 0
