@@ -15,10 +15,12 @@ pjlib knows. So one worker thread owns it all:
   with ``loop.call_soon_threadsafe`` and never waits for it; commands come back as futures.
 
 SWIG destroys a pjsua2 object's C++ side, whose destructor calls pjsua2, when its Python object
-goes. So the Call, its AudioPort, the account, the endpoint and the log writer live in this
-module's dict and attributes for as long as pjsua2 uses them, and are dropped on the worker
-thread only: a call after pjsua2 reported it DISCONNECTED (at the next turn of the worker loop,
-not inside its own callback), everything else at shutdown.
+goes. So the Call, its AudioPort, the account and the endpoint live in this module's dict and
+attributes for as long as pjsua2 uses them, and are dropped on the worker thread only: a call
+after pjsua2 reported it DISCONNECTED (at the next turn of the worker loop, not inside its own
+callback), everything else at shutdown. The log writer is the exception: ``libDestroy`` deletes
+the writer it was given, so it is handed over (``__disown__``: pjsua2 keeps it alive and frees
+it); were Python to own it too, it would be deleted twice, and the heap corrupted.
 
 Capacity: this pjsua2 build is compiled with ``PJSUA_MAX_CALLS`` = 4; a larger ``maxCalls`` is
 silently clamped (measured: with 8, the fifth INVITE is refused). pjsua2 answers that INVITE
@@ -363,7 +365,6 @@ class SipEndpoint:
         self._keys = itertools.count(1)
         # Worker-thread state: pjsua2 objects kept alive while pjsua2 uses them.
         self._lib: _Library | None = None
-        self._writer: _LogWriter | None = None
         self._account: _Account | None = None
         self._calls: dict[int, _Call] = {}
         self._finished: list[int] = []
@@ -449,7 +450,6 @@ class SipEndpoint:
     def _open(self) -> int:
         """Create, configure and start pjsua2; returns the bound SIP port."""
         config = self.config
-        self._writer = _LogWriter()
         self._lib = lib = _Library(self)
         lib.libCreate()
         ep = pj.EpConfig()
@@ -457,7 +457,9 @@ class SipEndpoint:
         ep.uaConfig.mainThreadOnly = False
         ep.uaConfig.maxCalls = MAX_CALLS
         ep.uaConfig.userAgent = USER_AGENT
-        ep.logConfig.writer = self._writer
+        writer = _LogWriter()
+        writer.__disown__()  # pjsua2's from here: libDestroy deletes it (see the module docstring)
+        ep.logConfig.writer = writer
         ep.logConfig.level = ep.logConfig.consoleLevel = config.log_level
         ep.logConfig.decor = pj.PJ_LOG_HAS_SENDER
         media = ep.medConfig
@@ -541,7 +543,6 @@ class SipEndpoint:
                 except pj.Error as exc:
                     log.warning("pjsua2 destroy failed", extra={"error": exc.info()})
                 self._lib = None
-        self._writer = None
         with SipEndpoint._instance_lock:
             SipEndpoint._running = False
 
