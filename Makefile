@@ -49,16 +49,19 @@ BROWSER_MODULES := tests/browser/node_modules/.package-lock.json
 $(BROWSER_MODULES): tests/browser/package-lock.json
 	npm ci --prefix tests/browser --no-audit --no-fund
 
+# lint-imports checks the layering contract in pyproject.toml ([tool.importlinter]).
 test: models system-deps $(BROWSER_MODULES)
 	$(BIN)/ruff check inzwa_voice tests loadtest
 	$(BIN)/ruff format --check inzwa_voice tests loadtest
 	$(BIN)/mypy
+	$(BIN)/lint-imports --no-cache
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 lint: install
 	$(BIN)/ruff check inzwa_voice tests loadtest
 	$(BIN)/ruff format --check inzwa_voice tests loadtest
 	$(BIN)/mypy
+	$(BIN)/lint-imports --no-cache
 
 bench: models
 	$(BIN)/python loadtest/bench_engines.py

@@ -7,18 +7,19 @@ that answers ``/health`` can always answer calls.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 
 from aiohttp import web
 
 from inzwa_voice import widget
-from inzwa_voice.api import admin_calls, openai_routes, rest, system
+from inzwa_voice.api import admin_calls, openai_routes, reload, rest, system
 from inzwa_voice.api.keys import CALLS, ENGINES, GATE, METRICS, SAFETY, SETTINGS, Gate
 from inzwa_voice.api.middleware import add_extra_headers, auth_middleware, error_middleware
 from inzwa_voice.config import Settings
 from inzwa_voice.conversation.calls import CallManager
-from inzwa_voice.dialplan import DEFAULT_DIALPLAN, Dialplan
-from inzwa_voice.engines.registry import Engines
+from inzwa_voice.engines.runtime import Engines
 from inzwa_voice.legs import audiosocket, sip, twilio, webrtc, websocket
 from inzwa_voice.safety import Safety, SafetyConfig
 from inzwa_voice.store import CallStore
@@ -35,34 +36,56 @@ def build_app(settings: Settings, engines: Engines) -> web.Application:
     app[ENGINES] = engines
     app[SAFETY] = Safety.load(config=SafetyConfig(helpline_number=settings.helpline_number))
     app[GATE] = Gate(settings.max_concurrent_requests)
-    # A bad dialplan fails here, before the port opens, with its file and line.
-    dialplan = Dialplan.load(settings.dialplan_path or DEFAULT_DIALPLAN)
-    dialplan.check(voices={n for v in engines.tts.voices() for n in (v.id, *v.aliases)}, languages=settings.languages)
-    app[CALLS] = CallManager(settings, engines, app[SAFETY], dialplan=dialplan)
+    # A bad dialplan or knowledge base fails here, before the port opens, with its file and line.
+    dialplan = reload.load_dialplan(settings, engines)
+    calls = app[CALLS] = CallManager(
+        settings, engines, app[SAFETY], dialplan=dialplan, voices=_voices(settings, engines)
+    )
     app.on_response_prepare.append(add_extra_headers)
     system.add_routes(app)
     rest.add_routes(app)
     openai_routes.add_routes(app)
     admin_calls.add_routes(app)
-    websocket.add_routes(app)
-    twilio.add_routes(app)
-    audiosocket.setup(app)
-    sip.setup(app)  # before end_calls below: its on_shutdown drain must run first
-    webrtc.setup(app)
-    webrtc.add_routes(app)
+    reload.add_routes(app)
+    # Every leg gets the same call starter: a new leg is one module and one line here.
+    websocket.add_routes(app, calls, settings)
+    twilio.add_routes(app, calls, settings)
+    audiosocket.setup(app, calls, settings)
+    sip.setup(app, calls, settings)  # before end_calls below: its on_shutdown drain must run first
+    webrtc.setup(app, calls, settings)
     widget.add_routes(app)
 
     async def call_store(app: web.Application) -> AsyncIterator[None]:
         store = await CallStore.open(settings.db_path)
         await store.end_interrupted_calls()
         app[admin_calls.STORE] = store
-        app[CALLS].store = store
+        calls.store = store
         yield
         await store.close()  # after on_shutdown has ended the calls
+
+    async def prompts(app: web.Application) -> AsyncIterator[None]:
+        # In the background: the port opens at once, and the first caller shares the synthesis.
+        preparing = calls.prepare_soon()
+        yield
+        preparing.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await preparing
 
     async def end_calls(app: web.Application) -> None:
         await app[CALLS].shutdown()
 
     app.cleanup_ctx.append(call_store)
+    app.cleanup_ctx.append(prompts)
     app.on_shutdown.append(end_calls)
     return app
+
+
+def _voices(settings: Settings, engines: Engines) -> dict[str, str]:
+    """The voice a call switches to with its language: the configured one for its language,
+    else the first the TTS has."""
+    voices: dict[str, str] = {}
+    for voice in engines.tts.voices():
+        voices.setdefault(voice.language, voice.id)
+    configured = engines.tts.resolve(settings.tts_voice)
+    voices[configured.language] = configured.id
+    return voices

@@ -15,7 +15,8 @@ from aiohttp import web
 from inzwa_voice import logs
 from inzwa_voice.config import Settings, SettingsError, load_settings
 from inzwa_voice.dialplan import DialplanError
-from inzwa_voice.engines.registry import Engines
+from inzwa_voice.engines.runtime import Engines
+from inzwa_voice.knowledge.loader import KnowledgeError
 from inzwa_voice.telemetry import Metrics
 
 log = logging.getLogger("inzwa_voice")
@@ -30,10 +31,14 @@ def _settings() -> Settings:
 
 
 def _load_engines(settings: Settings) -> Engines:
-    return Engines.load(settings, Metrics())
+    # Imported here: ``call`` and ``check-config`` must not pay for importing every model library.
+    from inzwa_voice.engines.loading import load_engines
+
+    return load_engines(settings, Metrics())
 
 
 def serve(settings: Settings) -> None:
+    from inzwa_voice.api.reload import reload_on_sighup
     from inzwa_voice.app import build_app
 
     started = time.perf_counter()
@@ -42,9 +47,11 @@ def serve(settings: Settings) -> None:
         engines.warmup()
     try:
         app = build_app(settings, engines)
-    except DialplanError as exc:
-        print(f"invalid dialplan: {exc}", file=sys.stderr)
+    except (DialplanError, KnowledgeError) as exc:
+        print(f"invalid configuration: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
+
+    reload_on_sighup(app)
 
     async def close_engines(_: web.Application) -> None:
         await engines.close()
@@ -77,7 +84,14 @@ def main(argv: list[str] | None = None) -> None:
     call.add_argument("--calls", type=int, default=1, help="concurrent calls")
     call.add_argument("--barge-in-ms", type=int, default=None, help="talk over the answer after this much of it")
     call.add_argument("--wav", type=Path, default=None, help="16-bit WAV question (default: TTS questions)")
+    evaluate = sub.add_parser("eval", help="measure a part of the gateway on a question set; prints JSON")
+    evaluate.add_argument("what", choices=["knowledge"], help="knowledge: matching of questions to entries")
+    evaluate.add_argument("rest", nargs=argparse.REMAINDER, help="FILE [--kb PATH]")
     args = parser.parse_args(argv)
+    if args.command == "eval":
+        from inzwa_voice.knowledge.evaluate import main as evaluate_knowledge
+
+        raise SystemExit(evaluate_knowledge(args.rest))
     if args.command == "call":
         from inzwa_voice.simulator.run import simulate
 

@@ -73,7 +73,19 @@ class Settings(BaseSettings):
 
     # --- LLM ---
     llm_engine: Literal["llama-cpp", "openai"] = "llama-cpp"
-    llm_model_path: Path | None = Field(None, description="GGUF file; default: packaged Gemma 3 270M.")
+    llm_model: Literal["qwen2.5-0.5b-instruct", "gemma3-270m"] = Field(
+        "qwen2.5-0.5b-instruct",
+        description="Packaged GGUF for engine 'llama-cpp': Qwen2.5-Coder 0.5B Instruct (chat template, grounds on "
+        "facts) or Gemma 3 270M (a base model, prompted as a transcript).",
+    )
+    llm_model_path: Path | None = Field(
+        None, description="An operator's own GGUF file; overrides llm_model (prompt format: llm_prompt_format)."
+    )
+    llm_prompt_format: Literal["auto", "chat", "transcript"] = Field(
+        "auto",
+        description="How llama-cpp prompts: 'chat' through the GGUF's chat template, 'transcript' as a base-model "
+        "completion; 'auto': the packaged model's own way, or chat when the GGUF carries a template.",
+    )
     llm_context: int = Field(2048, ge=256, le=131072)
     llm_threads: int = Field(2, ge=1, le=64)
     llm_max_tokens: int = Field(160, ge=1, le=4096, description="Default cap on generated tokens.")

@@ -6,9 +6,9 @@ Office ``hours`` send calls outside them to an ``after_hours_profile``.
 
 The file is read once, at start-up, and everything is checked then: a mistake an operator makes
 must stop the gateway with the file and line to fix, never surface as a strange call at night.
-That is why the YAML is composed into its node tree (which keeps each value's line) instead of
-being loaded into plain dicts, and why every value is converted here rather than in ``route``:
-routing a call is then only pattern matching.
+That is why the YAML is composed into its node tree (which keeps each value's line, see
+``inzwa_voice.yamlfile``) instead of being loaded into plain dicts, and why every value is
+converted here rather than in ``route``: routing a call is then only pattern matching.
 """
 
 from __future__ import annotations
@@ -23,12 +23,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-import yaml
-from yaml.constructor import SafeConstructor
-from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+from yaml.nodes import MappingNode, Node, ScalarNode
 
-from inzwa_voice.conversation.profile import Profile
-from inzwa_voice.legs.base import CallInfo, LegKind
+from inzwa_voice.core import CallInfo, LegKind, Profile
+from inzwa_voice.yamlfile import YamlReader
 
 DEFAULT_DIALPLAN = Path(__file__).resolve().parents[1] / "dialplans" / "default.yaml"
 
@@ -50,10 +48,6 @@ _HOURS_KEYS = ("timezone", "open", "after_hours_profile")
 _PROFILE_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 _TRANSFER_TARGET = re.compile(r"(sips?:\S+@\S+|tel:\+?[0-9]{2,20}|\+?[0-9]{2,20})")
 _TIME_RANGE = re.compile(r"(\d\d):(\d\d)-(\d\d):(\d\d)")
-T = typing.TypeVar("T")
-
-_TYPE_NAMES: dict[type, str] = {str: "a string", float: "a number", int: "an integer", bool: "true or false"}
-_NODE_NAMES: dict[type, str] = {MappingNode: "a mapping", SequenceNode: "a list"}
 
 
 class DialplanError(Exception):
@@ -73,6 +67,50 @@ class Hours:
         local = now.astimezone(self.timezone)
         minute = local.hour * 60 + local.minute
         return any(start <= minute < end for start, end in self.open.get(local.weekday(), ()))
+
+    def describe(self, language: str) -> str:
+        """The open hours as words that follow a verb ("are open {office_hours}"), in Shona or
+        English: consecutive days with the same hours are one span."""
+        words = _HOURS_WORDS.get(language, _HOURS_WORDS["en"])
+        spans: list[tuple[int, int, tuple[tuple[int, int], ...]]] = []
+        for day in range(7):
+            ranges = self.open.get(day, ())
+            if not ranges:
+                continue
+            if spans and spans[-1][1] == day - 1 and spans[-1][2] == ranges:
+                spans[-1] = (spans[-1][0], day, ranges)
+            else:
+                spans.append((day, day, ranges))
+        parts = []
+        for first, last, ranges in spans:
+            days = (
+                words["days"][first]
+                if first == last
+                else words["span"].format(words["days"][first], words["days"][last])
+            )
+            times = words["and"].join(words["range"].format(_clock(a), _clock(b)) for a, b in ranges)
+            parts.append(f"{days}, {times}")
+        return "; ".join(parts)
+
+
+def _clock(minute: int) -> str:
+    return f"{minute // 60:02d}:{minute % 60:02d}"
+
+
+_HOURS_WORDS: dict[str, dict[str, typing.Any]] = {
+    "en": {
+        "days": ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"),
+        "span": "{} to {}",
+        "range": "from {} to {}",
+        "and": " and ",
+    },
+    "sn": {
+        "days": ("Muvhuro", "Chipiri", "Chitatu", "China", "Chishanu", "Mugovera", "Svondo"),
+        "span": "kubva {} kusvika {}",
+        "range": "kubva {} kusvika {}",
+        "and": " uye ",
+    },
+}
 
 
 @dataclass(frozen=True)
@@ -112,11 +150,8 @@ class Dialplan:
     @classmethod
     def load(cls, path: Path) -> Dialplan:
         """Read and check ``path``; raises ``DialplanError`` naming the file and line."""
-        try:
-            text = path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise DialplanError(f"{path}: cannot read the dialplan: {exc}") from None
-        return _Reader(path).dialplan(text)
+        reader = _Reader(path)
+        return reader.dialplan(reader.read("dialplan"))
 
     def route(self, info: CallInfo, now: datetime | None = None) -> Profile:
         """The profile for this call: the first matching rule's, or the default's.
@@ -155,27 +190,21 @@ class Dialplan:
                 )
 
 
-class _Reader:
+class _Reader(YamlReader):
     """Turns the YAML node tree into a ``Dialplan``, raising ``DialplanError`` at the first fault."""
 
+    error_type = DialplanError
+    string_hint = " (quote phone numbers and times: '+263...', '08:00-17:00')"
+
     def __init__(self, path: Path) -> None:
-        self.path = path
+        super().__init__(path)
         self.languages = set(BUILTIN_LANGUAGES)
         self.profiles: dict[str, Profile] = {}
-        self._construct = SafeConstructor()
 
     # --- the document ---------------------------------------------------------------------------
 
     def dialplan(self, text: str) -> Dialplan:
-        try:
-            root = yaml.compose(text, Loader=yaml.SafeLoader)
-        except yaml.MarkedYAMLError as exc:
-            mark = exc.problem_mark or exc.context_mark
-            raise self._error_at(mark, f"YAML syntax error: {exc.problem or exc.context}") from None
-        except yaml.YAMLError as exc:
-            raise DialplanError(f"{self.path}: YAML error: {exc}") from None
-        if root is None:
-            raise DialplanError(f"{self.path}:1:1: the dialplan is empty")
+        root = self.compose(text, "dialplan")
         top = self.mapping(root, "the dialplan", _TOP_KEYS, required=("profiles", "default"))
         if "languages" in top:
             self.languages.update(self.language_code(n) for n in self.items(top["languages"], "languages"))
@@ -329,54 +358,3 @@ class _Reader:
             if h1 < 24 and m1 < 60 and m2 < 60 and start < end <= 24 * 60:
                 return start, end
         raise self.error(node, f"open: {text!r} must be 'HH:MM-HH:MM' within one day (end after start, at most 24:00)")
-
-    # --- nodes ----------------------------------------------------------------------------------
-
-    def mapping(
-        self, node: Node, what: str, allowed: tuple[str, ...] | None, required: tuple[str, ...] = ()
-    ) -> dict[str, Node]:
-        """A mapping's values by key, in file order; ``allowed`` None allows any string key."""
-        if not isinstance(node, MappingNode):
-            raise self.error(node, f"{what} must be a mapping")
-        out: dict[str, Node] = {}
-        for key_node, value_node in node.value:
-            key = self.scalar(key_node, f"a key in {what}", str)
-            if allowed is not None and key not in allowed:
-                raise self.error(key_node, f"unknown key {key!r} in {what}; expected one of {', '.join(allowed)}")
-            if key in out:
-                raise self.error(key_node, f"duplicate key {key!r} in {what}")
-            out[key] = value_node
-        missing = [key for key in required if key not in out]
-        if missing:
-            raise self.error(node, f"{what} is missing {', '.join(repr(k) for k in missing)}")
-        return out
-
-    def items(self, node: Node, what: str) -> list[Node]:
-        """A sequence's nodes; a single scalar counts as a list of one."""
-        if isinstance(node, ScalarNode) and not self.is_null(node):
-            return [node]
-        if not isinstance(node, SequenceNode) or not node.value:
-            raise self.error(node, f"{what} must be a value or a non-empty list")
-        return list(node.value)
-
-    def scalar(self, node: Node, what: str, kind: type[T]) -> T:
-        """The node's value as ``kind``; ints pass for floats, but bools pass only for bools."""
-        value = self._construct.construct_object(node, deep=True) if isinstance(node, ScalarNode) else None
-        if kind is float and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        if isinstance(value, kind) and (kind is bool or not isinstance(value, bool)):
-            return value
-        got = repr(node.value) if isinstance(node, ScalarNode) else _NODE_NAMES[type(node)]
-        hint = " (quote phone numbers and times: '+263...', '08:00-17:00')" if kind is str else ""
-        raise self.error(node, f"{what} must be {_TYPE_NAMES.get(kind, kind.__name__)}, not {got}{hint}")
-
-    @staticmethod
-    def is_null(node: Node) -> bool:
-        return isinstance(node, ScalarNode) and node.tag == "tag:yaml.org,2002:null"
-
-    def error(self, node: Node, message: str) -> DialplanError:
-        return self._error_at(node.start_mark, message)
-
-    def _error_at(self, mark: yaml.Mark | None, message: str) -> DialplanError:
-        where = f"{self.path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(self.path)
-        return DialplanError(f"{where}: {message}")

@@ -31,11 +31,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Generic, Literal, TypeVar, cast, get_args
 
-from inzwa_voice.legs.base import CallInfo
+from inzwa_voice.core import CallInfo
 
 log = logging.getLogger("inzwa_voice.store")
 
 T = TypeVar("T")
+
+Outcome = Literal["answering", "played", "interrupted", "failed", "hangup", "unanswered"]
+"""How a turn's reply ended: ``answering`` while it is under way; ``hangup`` when the call ended
+during it (the reply is recorded as far as it was heard); ``unanswered`` when the call ended
+before the caller's turn was answered at all."""
+OUTCOMES: tuple[str, ...] = get_args(Outcome)
 
 Disposition = Literal[
     "completed",
@@ -99,6 +105,10 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         )""",
         "CREATE INDEX events_by_call ON events (call_id, id)",
     ),
+    # A turn is written at the endpoint and rewritten when its reply ends: how it ended.
+    ("ALTER TABLE turns ADD COLUMN outcome TEXT NOT NULL DEFAULT 'played'",),
+    # Where each answer came from: {"kind": knowledge|intent|safety|llm|fallback, "id": ...}.
+    ("ALTER TABLE turns ADD COLUMN source TEXT",),
 )
 
 _CALL_SELECT = """SELECT c.*, (SELECT count(*) FROM turns t WHERE t.call_id = c.id) AS turn_count FROM calls c"""
@@ -121,7 +131,9 @@ class TurnRecord:
     safety: str | None  # the safety verdict when it was not "allow"
     latency_ms: dict[str, float]  # stage marks: endpoint, asr_final, llm_first_token, ...
     started_at: float
-    ended_at: float
+    ended_at: float  # when the record was last written, for an ``answering`` turn
+    outcome: Outcome = "played"
+    source: dict[str, object] | None = None  # where the answer came from (kind, id)
 
 
 class CallStore:
@@ -175,24 +187,24 @@ class CallStore:
         await self._write(f"call {call_id!r} is already recorded", sql, row)
 
     async def add_turn(self, call_id: str, turn: TurnRecord) -> None:
-        latency = {k[:64]: round(v, 1) for k, v in turn.latency_ms.items() if math.isfinite(v)}
-        row = (
-            call_id,
-            turn.index,
-            _clip(turn.caller_text, MAX_TEXT),
-            _clip(turn.reply_text, MAX_TEXT),
-            _clip(turn.reply_full, MAX_TEXT),
-            turn.barged_in,
-            _clip(turn.language, MAX_FIELD),
-            None if turn.safety is None else _clip(turn.safety, MAX_FIELD),
-            _to_json(latency),
-            turn.started_at,
-            turn.ended_at,
-        )
         sql = """INSERT INTO turns (call_id, idx, caller_text, reply_text, reply_full, barged_in, language, safety,
-                                    latency_ms, started_at, ended_at)
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"""
+                                    latency_ms, started_at, ended_at, outcome, source)
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"""
+        row = (call_id, turn.index, *_turn_fields(turn))
         await self._write(f"turn {turn.index} of call {call_id!r}: unknown call or turn already recorded", sql, row)
+
+    async def update_turn(self, call_id: str, turn: TurnRecord) -> None:
+        """Rewrite a turn added before (at its endpoint) with how its reply ended."""
+
+        def update(db: sqlite3.Connection) -> None:
+            sql = """UPDATE turns SET caller_text = ?, reply_text = ?, reply_full = ?, barged_in = ?, language = ?,
+                                      safety = ?, latency_ms = ?, started_at = ?, ended_at = ?, outcome = ?,
+                                      source = ?
+                     WHERE call_id = ? AND idx = ?"""
+            if not db.execute(sql, (*_turn_fields(turn), call_id, turn.index)).rowcount:
+                raise StoreError(f"no turn {turn.index} of call {call_id!r} to update")
+
+        await self._writer.run(update)
 
     async def add_event(self, call_id: str, kind: str, data: dict[str, object], at: float) -> None:
         """Something that happened on the call: ``dtmf``, ``transfer``, ``barge_in``, ``error``, ``safety``..."""
@@ -316,7 +328,29 @@ def _turn(row: sqlite3.Row) -> dict[str, object]:
         "latency_ms": json.loads(row["latency_ms"]),
         "started_at": row["started_at"],
         "ended_at": row["ended_at"],
+        "outcome": row["outcome"],
+        "source": None if row["source"] is None else json.loads(row["source"]),
     }
+
+
+def _turn_fields(turn: TurnRecord) -> tuple[object, ...]:
+    """A turn's columns after (call_id, idx), bounded."""
+    if turn.outcome not in OUTCOMES:
+        raise ValueError(f"outcome {turn.outcome!r} is not one of {', '.join(OUTCOMES)}")
+    latency = {k[:64]: round(v, 1) for k, v in turn.latency_ms.items() if math.isfinite(v)}
+    return (
+        _clip(turn.caller_text, MAX_TEXT),
+        _clip(turn.reply_text, MAX_TEXT),
+        _clip(turn.reply_full, MAX_TEXT),
+        turn.barged_in,
+        _clip(turn.language, MAX_FIELD),
+        None if turn.safety is None else _clip(turn.safety, MAX_FIELD),
+        _to_json(latency),
+        turn.started_at,
+        turn.ended_at,
+        turn.outcome,
+        None if turn.source is None else _to_json(turn.source),
+    )
 
 
 def _event(row: sqlite3.Row) -> dict[str, object]:

@@ -20,7 +20,8 @@ import numpy as np
 
 from inzwa_voice.config import load_settings
 from inzwa_voice.engines.base import ChatMessage
-from inzwa_voice.engines.registry import Engines
+from inzwa_voice.engines.loading import load_engines
+from inzwa_voice.engines.runtime import Engines
 from inzwa_voice.telemetry import Metrics
 
 PROMPTS = [
@@ -93,7 +94,7 @@ async def run(runs: int) -> dict[str, object]:
     settings = load_settings(_env_file=None)
     cpu0 = time.process_time()
     started = time.perf_counter()
-    engines = Engines.load(settings, Metrics())
+    engines = load_engines(settings, Metrics())
     engines.warmup()
     startup = time.perf_counter() - started
     speech = np.concatenate(

@@ -25,7 +25,6 @@ from numpy.typing import NDArray
 
 from inzwa_voice.media.framing import Framer
 from inzwa_voice.media.g711 import alaw_decode, alaw_encode, ulaw_decode, ulaw_encode
-from inzwa_voice.media.jitter import JitterBuffer
 from inzwa_voice.media.opus import OpusDecoder, OpusEncoder
 from inzwa_voice.media.pacer import Pacer
 from inzwa_voice.media.resample import Resampler
@@ -118,15 +117,6 @@ def run(seconds: float) -> dict[str, object]:
         framer = Framer(320)
         return lambda i: framer.push(pcm16[i][:300])
 
-    def jitter() -> Step:
-        buffer: JitterBuffer[bytes] = JitterBuffer()
-
-        def step(i: int) -> object:
-            buffer.push(i % 65536, i * 160, ulaw[i])
-            return buffer.pop()
-
-        return step
-
     results: dict[str, float] = {
         "g711_ulaw_encode_8k": us_per_frame(stateless(lambda i: ulaw_encode(pcm8[i])), n),
         "g711_ulaw_decode_8k": us_per_frame(stateless(lambda i: ulaw_decode(ulaw[i])), n),
@@ -140,7 +130,6 @@ def run(seconds: float) -> dict[str, object]:
         "opus_decode_48k": us_per_frame(opus_decoding, n),
         "chain_ulaw8k_decode_resample_16k_resample_8k_encode": us_per_frame(ulaw_chain, n),
         "framer_push_16k": us_per_frame(framing, n),
-        "jitter_push_pop": us_per_frame(jitter, n),
     }
     best_pacing = min(asyncio.run(_pace(ulaw)) for _ in range(REPEATS))
     results["pacer_per_frame"] = round(best_pacing / n * 1e6, 2)

@@ -16,7 +16,8 @@ from aiohttp import ClientSession, web
 
 from inzwa_voice.app import build_app
 from inzwa_voice.config import Settings, load_settings
-from inzwa_voice.engines.registry import Engines
+from inzwa_voice.engines.loading import load_engines
+from inzwa_voice.engines.runtime import Engines
 from inzwa_voice.media.resample import Resampler
 from inzwa_voice.telemetry import Metrics
 
@@ -29,7 +30,7 @@ def settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
 
 @pytest.fixture(scope="session")
 def engines(settings: Settings) -> Engines:
-    loaded = Engines.load(settings, Metrics())
+    loaded = load_engines(settings, Metrics())
     loaded.warmup()
     return loaded
 
@@ -55,12 +56,13 @@ async def make_server(
     runners: list[web.AppRunner] = []
     sessions: list[ClientSession] = []
 
-    async def start(**overrides: object) -> Server:
+    async def start(*, with_engines: Engines | None = None, **overrides: object) -> Server:
+        """A gateway on the session's engines (or ``with_engines``) with these settings changed."""
         overrides.setdefault("db_path", tmp_path_factory.mktemp("server") / "calls.db")
         overrides.setdefault("audiosocket_port", 0)
         overrides.setdefault("sip_enabled", False)  # pjsua2 allows one endpoint per process
         overrides.setdefault("webrtc_host_addresses", ["127.0.0.1"])  # media stays on loopback
-        app = build_app(settings.model_copy(update=overrides), engines)
+        app = build_app(settings.model_copy(update=overrides), with_engines or engines)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", 0)

@@ -14,7 +14,7 @@ from aiohttp.test_utils import TestClient
 from inzwa_voice.api import admin_calls
 from inzwa_voice.api.admin_calls import MAX_LIMIT, STORE
 from inzwa_voice.api.middleware import add_extra_headers, error_middleware
-from inzwa_voice.legs.base import CallInfo, LegKind
+from inzwa_voice.core import CallInfo, LegKind
 from inzwa_voice.store import DISPOSITIONS, CallStore, TurnRecord
 from inzwa_voice.telemetry import Metrics
 from tests.test_openapi import SPEC_PATH, check

@@ -16,7 +16,7 @@ import pytest
 
 from inzwa_voice.api.keys import CALLS
 from inzwa_voice.conversation.session import CallSession
-from inzwa_voice.engines.registry import Engines
+from inzwa_voice.engines.runtime import Engines
 from inzwa_voice.legs.audiosocket import (
     AUDIOSOCKET,
     HANGUP_FRAME,
@@ -245,6 +245,11 @@ async def test_bad_input_beside_a_healthy_call(make_server: ServerFactory, engin
             port, start + encode_frame(0x42, b"abc") + encode_frame(Kind.AUDIO, bytes(320)) + HANGUP_FRAME
         )
         assert {f.kind for f in frames} <= {Kind.AUDIO} and errors(engines, "unknown_kind") == counted + 1
+
+        # A digit no phone menu here uses (AudioSocket can carry A-D) is counted and skipped.
+        counted = errors(engines, "bad_dtmf")
+        frames = await exchange(port, start + encode_frame(Kind.DTMF, b"A") + HANGUP_FRAME)
+        assert {f.kind for f in frames} <= {Kind.AUDIO} and errors(engines, "bad_dtmf") == counted + 1
 
         # The healthy call still hears and answers.
         healthy.say(await speak(engines, QUESTION, rate=8000))

@@ -9,9 +9,8 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from inzwa_voice.conversation.profile import Profile
+from inzwa_voice.core import CallInfo, Profile
 from inzwa_voice.dialplan import DEFAULT_DIALPLAN, Dialplan, DialplanError
-from inzwa_voice.legs.base import CallInfo
 
 DIALPLANS = sorted(DEFAULT_DIALPLAN.parent.glob("*.yaml"))
 # Harare is UTC+2 all year: 06:30 UTC is 08:30 there.

@@ -1,17 +1,24 @@
-"""The engines themselves: packaged models, VAD, ASR languages, LLM streaming, the remote LLM."""
+"""The engines themselves: packaged models, VAD, ASR languages, LLM streaming, the remote LLM,
+and how settings pick them."""
 
 from __future__ import annotations
 
+import asyncio
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import get_args
 
 import numpy as np
 import pytest
 
-from inzwa_voice.engines import models
-from inzwa_voice.engines.base import ChatMessage
+from inzwa_voice.config import Settings
+from inzwa_voice.engines import loading, models
+from inzwa_voice.engines.base import ChatMessage, Float32, Inference, ModelInfo, Transcript
 from inzwa_voice.engines.llm import prompt
 from inzwa_voice.engines.llm.remote import OpenAICompatibleLLM, RemoteLLMError
-from inzwa_voice.engines.registry import Engines
+from inzwa_voice.engines.runtime import Engines
+from inzwa_voice.telemetry import Metrics
 from tests.conftest import ServerFactory, speak
 
 
@@ -99,3 +106,103 @@ async def test_remote_engine_reports_an_unreachable_server() -> None:
             [p async for p in llm.stream([ChatMessage("user", "hi")])]
     finally:
         await llm.close()
+
+
+@pytest.mark.parametrize(
+    ("setting", "table"),
+    [
+        ("vad_engine", loading.VAD_ENGINES),
+        ("asr_engine", loading.ASR_ENGINES),
+        ("llm_engine", loading.LLM_ENGINES),
+        ("tts_engine", loading.TTS_ENGINES),
+    ],
+)
+def test_every_engine_setting_value_has_an_implementation(setting: str, table: dict[str, object]) -> None:
+    assert set(get_args(Settings.model_fields[setting].annotation)) == set(table)
+
+
+def test_an_unknown_engine_name_fails_before_anything_loads(settings: Settings) -> None:
+    with pytest.raises(ValueError, match="llm_engine 'gpt-9' is not one of llama-cpp, openai"):
+        loading.load_engines(settings.model_copy(update={"llm_engine": "gpt-9"}), Metrics())
+
+
+async def test_the_llm_engine_setting_picks_the_remote_engine(
+    make_server: ServerFactory, engines: Engines, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The kinds this test does not vary reuse the session's loaded engines instead of loading again.
+    def loaded_already(engine: object, kind: str) -> object:
+        info = next(m for m in engines.catalog if m.kind == kind)
+        return lambda settings, executor: (engine, info)
+
+    for table, engine, kind in (
+        (loading.VAD_ENGINES, engines.vad, "vad"),
+        (loading.ASR_ENGINES, engines.asr, "asr"),
+        (loading.TTS_ENGINES, engines.tts, "tts"),
+    ):
+        for name in table:
+            monkeypatch.setitem(table, name, loaded_already(engine, kind))
+    upstream = await make_server()
+    remote = settings.model_copy(
+        update={"llm_engine": "openai", "llm_base_url": upstream.v1, "llm_remote_model": "upstream-model"}
+    )
+
+    def completed() -> float:
+        return engines.metrics.registry.get_sample_value("inzwa_llm_generations_total", {"outcome": "completed"}) or 0
+
+    served = completed()
+    loaded = loading.load_engines(remote, Metrics())
+    try:
+        assert loaded.llm.name == "upstream-model"
+        assert [m.capabilities for m in loaded.catalog if m.kind == "llm"] == [["chat", "remote"]]
+        loaded.llm.warm()  # a remote server keeps its own model warm: nothing to do, no error
+        pieces = [p async for p in loaded.generate([ChatMessage("user", "Hello, who are you?")], max_tokens=16)]
+    finally:
+        await loaded.close()
+    assert "".join(pieces).strip()
+    # The upstream gateway's embedded model wrote the answer: its metrics counted the generation.
+    assert completed() == served + 1
+
+
+class GatedASR:
+    """A blocking ASR that decodes only when the test lets it, to watch ``asr_busy`` meanwhile."""
+
+    sample_rate = 16000
+
+    def __init__(self) -> None:
+        self.started = threading.Event()
+        self.release = threading.Event()
+
+    def transcribe(
+        self,
+        audio: Float32,
+        *,
+        language: str | None = None,
+        prompt: str | None = None,
+        max_new_tokens: int | None = None,
+    ) -> Transcript:
+        self.started.set()
+        self.release.wait(timeout=30)
+        return Transcript(text="done", segments=[], language=language or "en", duration_s=len(audio) / 16000)
+
+
+async def test_asr_busy_while_a_decode_runs(engines: Engines) -> None:
+    asr = GatedASR()
+    with ThreadPoolExecutor(2) as executor:
+        gated = Engines(executor, Metrics(), engines.vad, asr, engines.llm, engines.tts, [])
+        calls: Inference = gated  # the conversation's view of the engines (checked by mypy)
+        assert not calls.asr_busy
+        decode = asyncio.ensure_future(calls.transcribe(np.zeros(16000, np.float32), language="en"))
+        await asyncio.get_running_loop().run_in_executor(executor, asr.started.wait, 30)
+        assert calls.asr_busy
+        asr.release.set()
+        assert (await decode).text == "done"
+        assert not calls.asr_busy
+
+
+def test_a_loader_describes_what_it_loaded(tmp_path: Path) -> None:
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "a.bin").write_bytes(b"12345")
+    (folder / "b.json").write_bytes(b"{}")
+    info = models.file_info("m", "asr", folder, None, ["transcription"])
+    assert info == ModelInfo("m", "asr", str(folder), 7, None, ["transcription"])

@@ -10,8 +10,8 @@ import wave
 import numpy as np
 import pytest
 
-from inzwa_voice.engines.registry import Engines
-from tests.conftest import Server, speak
+from inzwa_voice.engines.runtime import Engines
+from tests.conftest import Server, ServerFactory, speak
 
 SENTENCE = "Please call me back tomorrow morning."
 
@@ -117,6 +117,22 @@ async def test_health_metrics_models_and_voices(server: Server) -> None:
     async with server.http.get(server.v1 + "/voices") as resp:
         voices = {v["id"]: v for v in (await resp.json())["data"]}
     assert voices["joe-sn"]["language"] == "sn" and "alloy" in voices["joe"]["aliases"]
+
+
+async def test_health_lists_every_leg_and_says_which_are_off(make_server: ServerFactory) -> None:
+    server = await make_server(audiosocket_enabled=False)  # and SIP is off in tests (conftest)
+    async with server.http.get(server.url + "/health") as resp:
+        legs = (await resp.json())["legs"]
+    assert set(legs) == {"ws", "twilio", "audiosocket", "sip", "webrtc"}
+    assert legs["ws"] == {"enabled": True, "path": "/v1/ws"}
+    assert legs["twilio"]["enabled"] is True and legs["twilio"]["media"] == "/v1/twilio/media"
+    assert legs["webrtc"] == {"enabled": True, "offer": "/v1/webrtc/offer", "peers": 0, "max_peers": 20}
+    assert legs["audiosocket"] == {"enabled": False, "port": None}
+    assert legs["sip"] == {"enabled": False, "port": None, "registration": None}
+    default = await make_server()
+    async with default.http.get(default.url + "/health") as resp:
+        audiosocket = (await resp.json())["legs"]["audiosocket"]
+    assert audiosocket["enabled"] is True and audiosocket["port"] > 0
 
 
 async def test_admin_warmup(server: Server) -> None:

@@ -27,14 +27,18 @@ import pytest
 
 from inzwa_voice.api.keys import CALLS
 from inzwa_voice.conversation.session import CallSession
-from inzwa_voice.engines.registry import Engines
-from inzwa_voice.legs.sip import SIP, SipLeg
+from inzwa_voice.core import FRAME_SAMPLES
+from inzwa_voice.engines.runtime import Engines
+from inzwa_voice.legs.paced import OutputLeg
+from inzwa_voice.legs.sip import SIP, SIP_DTMF_DIGITS, SipLeg
 from inzwa_voice.media.g711 import ulaw_decode, ulaw_encode
 from inzwa_voice.simulator.process import free_ports
 from inzwa_voice.sip.endpoint import EndpointConfig, SipEndpoint
+from inzwa_voice.sip.media import MediaPipe
 from inzwa_voice.sip.pcap import wav_to_pcap
 from inzwa_voice.sip.sdp import best_codec, narrow_answer
 from inzwa_voice.sip.uri import refer_uri, request_uri, uri_user
+from inzwa_voice.store import TurnRecord
 from tests.conftest import Server, ServerFactory, english_server, speak, transcript
 
 
@@ -115,6 +119,53 @@ def test_numbers_are_read_from_headers_and_targets_become_uris() -> None:
     assert refer_uri("sip:counsellor@127.0.0.1:5070") == "sip:counsellor@127.0.0.1:5070"
 
 
+# ----- the media pipe -----
+
+
+class PipeLeg(OutputLeg):
+    """The Leg's playout methods over a bare pipe: no call, no endpoint around it."""
+
+    def __init__(self, pipe: MediaPipe) -> None:
+        self._out = pipe
+
+
+async def test_a_frame_counts_as_played_when_the_bridge_takes_it() -> None:
+    pipe = MediaPipe(asyncio.get_running_loop(), capacity=3)
+    leg = PipeLeg(pipe)
+    frames = [np.full(FRAME_SAMPLES, n, dtype=np.int16) for n in range(1, 8)]
+    assert [await leg.play(frame) for frame in frames[:3]] == [1, 2, 3]
+    assert leg.played_frames == 0
+    # The clock thread takes a frame; the playout advances on the loop once it hears so.
+    assert await asyncio.to_thread(pipe.requested) == frames[0].astype("<i2").tobytes()
+    assert await leg.wait_for_playout(1) and leg.played_frames == 1
+    # The queue is full: the next frame waits for the bridge to take one.
+    fourth = asyncio.ensure_future(leg.play(frames[3]))
+    await asyncio.to_thread(pipe.requested)
+    assert await fourth == 4 and await leg.wait_for_playout(2)
+    # Barge-in. A frame the bridge took just before it is reported after it, once a new frame
+    # is queued: it must not count as that frame having played.
+    end = asyncio.ensure_future(leg.wait_for_playout(4))
+    assert pipe.requested() is not None
+    assert leg.interrupt() == 2
+    assert await leg.play(frames[4]) == 3
+    assert await end is False  # the stale report has been handled by now, before this resumes
+    assert leg.played_frames == 2
+    assert pipe.requested() == frames[4].astype("<i2").tobytes()
+    assert await leg.wait_for_playout(3) and leg.played_frames == 3
+    assert pipe.requested() is None  # nothing queued: the bridge sends silence
+    # The call is gone: a play waiting for room returns, and nothing queued will ever play.
+    assert [await leg.play(frame) for frame in frames[:3]] == [4, 5, 6]
+    waiting = asyncio.ensure_future(leg.play(frames[6]))
+    await asyncio.sleep(0)
+    pipe.close()
+    assert not await leg.wait_for_playout(await waiting)
+    assert leg.played_frames == 3 and pipe.requested() is None
+
+
+def test_sip_takes_the_keypad_digits_and_a_to_d() -> None:
+    assert frozenset("0123456789*#ABCD") == SIP_DTMF_DIGITS
+
+
 # ----- running SIPp -----
 
 
@@ -191,18 +242,19 @@ async def running(call: Coroutine[Any, Any, Sipp]) -> AsyncIterator[asyncio.Task
 class Records:
     """What one gateway records, kept in order, with a way to wait for it.
 
-    The call record writes are the moments the tests look at: a turn is written once its answer
-    has played, an event when it happens, the end once the call is over. pjsua2's own refusals
-    (486, 488, 400) are noted too: pjsua2 reports them just after the response went out, so a
-    test waits for the note before it reads the metric.
+    The call record writes are the moments the tests look at: a call's start, each write of a
+    turn (first at the endpoint as ``answering``, again once its answer has played), an event
+    when it happens, the end once the call is over. pjsua2's own refusals (486, 488, 400) are
+    noted too: pjsua2 reports them just after the response went out, so a test waits for the
+    note before it reads the metric.
     """
 
     def __init__(self, server: Server, monkeypatch: pytest.MonkeyPatch) -> None:
-        self.items: list[tuple[str, str, Any]] = []  # (what, call id, data)
+        self.items: list[tuple[str, str, Any]] = []  # (what, call id, the write's arguments)
         self._changed = asyncio.Event()
-        manager, sip = server.app[CALLS], server.app[SIP]
-        for what in ("record_start", "record_turn", "record_event", "record_end"):
-            monkeypatch.setattr(manager, what, self._recording(what, getattr(manager, what)))
+        recorder, sip = server.app[CALLS].records, server.app[SIP]
+        for what in ("start", "turn", "event", "end"):
+            monkeypatch.setattr(recorder, what, self._recording(what, getattr(recorder, what)))
         rejected = sip.rejected
 
         def note_rejected(status: int, reason: str) -> None:
@@ -216,14 +268,23 @@ class Records:
         self._changed.set()
 
     def _recording(self, what: str, write: Callable[..., Any]) -> Callable[..., Any]:
-        async def record(session: CallSession, *args: Any, **kwargs: Any) -> None:
-            await write(session, *args, **kwargs)
-            self._note(what, session.id, args)
+        async def record(call_id: str, *args: Any, **kwargs: Any) -> None:
+            await write(call_id, *args, **kwargs)
+            self._note(what, call_id, args)
 
         return record
 
     def of(self, what: str) -> list[tuple[str, Any]]:
         return [(call_id, data) for kind, call_id, data in self.items if kind == what]
+
+    def played_turns(self) -> list[tuple[str, TurnRecord]]:
+        """(call id, turn) for each turn whose answer has played to its end."""
+        turns = [(call_id, turn) for call_id, (_, turn) in self.of("turn")]
+        return [(call_id, turn) for call_id, turn in turns if turn.outcome == "played"]
+
+    def ends(self) -> list[tuple[str, str]]:
+        """(call id, disposition) of each call that ended."""
+        return [(call_id, disposition) for call_id, (_, disposition) in self.of("end")]
 
     def refusals(self) -> list[int]:
         return [status for _, status in self.of("rejected")]
@@ -291,8 +352,8 @@ async def test_dtmf_and_hold_over_tcp_then_the_caller_hangs_up(
     answer = result.messages.split("SIP/2.0 200 OK", 1)[1].splitlines()
     media = next(line for line in answer if line.startswith("m=audio"))
     assert media.split()[3:] == ["9", "101"], media  # G.722, and telephone-event for the digits
-    await records.until(lambda: bool(records.of("record_end")))
-    (call_id, (disposition,)), *_ = records.of("record_end")
+    await records.until(lambda: bool(records.ends()))
+    (call_id, disposition), *_ = records.ends()
     assert disposition == "caller_hangup"
     record = await call_record(server, call_id)
     assert record["leg"] == "sip" and record["caller"] == CALLER and record["dialled"] == SERVICE
@@ -312,8 +373,8 @@ async def test_a_spoken_question_is_heard_and_the_gateway_hangs_up(
         write_wav(workdir / "question.wav", np.concatenate((question, pause)), 8000), workdir / "speech.pcap", "pcmu"
     )
     async with running(sipp(server, "uac_speech.xml", workdir)) as caller:
-        await records.until(lambda: bool(records.of("record_turn")))
-        (call_id, (turn, *_)), *_ = records.of("record_turn")
+        await records.until(lambda: bool(records.played_turns()))
+        (call_id, turn), *_ = records.played_turns()
         assert "clinic" in (turn.caller_text or "").lower()
         session = server.app[CALLS].sessions[call_id]
         assert isinstance(session.leg, SipLeg) and session.leg.played_frames > 50, "the answer went out as RTP"
@@ -421,13 +482,13 @@ async def test_the_answer_comes_back_as_rtp_speech_and_rtp_from_elsewhere_is_dro
     rtp_port = str(transport.get_extra_info("sockname")[1])
     try:
         async with running(sipp(server, "uac_external_media.xml", workdir, rtp_port=rtp_port)) as caller:
-            await records.until(lambda: bool(records.of("record_turn")))
-            (call_id, (turn, *_)), *_ = records.of("record_turn")
+            await records.until(lambda: bool(records.played_turns()))
+            (call_id, turn), *_ = records.played_turns()
             stop.set()
             async with server.http.post(f"{server.v1}/admin/calls/{call_id}/hangup?goodbye=false") as resp:
                 assert resp.status == 200
             result = await caller
-            await records.until(lambda: any(data[0] == "rtp" for _, data in records.of("record_event")))
+            await records.until(lambda: any(data[0] == "rtp" for _, data in records.of("event")))
     finally:
         stop.set()
         await speaking
@@ -443,7 +504,7 @@ async def test_the_answer_comes_back_as_rtp_speech_and_rtp_from_elsewhere_is_dro
     assert len(answer) > 8000 and np.abs(answer).max() > 2000, "a second or more of audible answer"
     assert await transcript(engines, answer, 8000), "the answer's RTP decodes to speech"
     # The call's RTP counts are the phone's packets alone: the intruder's never reached the stream.
-    (stats,) = [data for _, (kind, data) in records.of("record_event") if kind == "rtp"]
+    (stats,) = [data for _, (kind, data) in records.of("event") if kind == "rtp"]
     assert stats["codec"] == "PCMU" and stats["rx_lost"] == 0 and stats["rx_discarded"] == 0, stats
     assert phone.sent - 5 <= stats["rx_packets"] <= phone.sent and stats["tx_packets"] > 100, (stats, phone.sent)
     events = [e for e in (await call_record(server, call_id))["events"] if e["kind"] == "rtp"]
@@ -464,8 +525,8 @@ async def test_dtmf_zero_transfers_the_caller_by_refer(
     assert result.returncode == 0, result.errors  # REFER accepted, NOTIFY 200 answered, then our BYE
     refer_to = [line for line in result.messages.splitlines() if line.startswith("Refer-To:")]
     assert refer_to and "sip:counsellor@127.0.0.1:5070" in refer_to[0]
-    await records.until(lambda: bool(records.of("record_end")))
-    (call_id, (disposition,)), *_ = records.of("record_end")
+    await records.until(lambda: bool(records.ends()))
+    (call_id, disposition), *_ = records.ends()
     assert disposition == "transferred"
     events = {e["kind"]: e["data"] for e in (await call_record(server, call_id))["events"]}
     assert events["transfer"] == {"reason": "dtmf", "target": "sip:counsellor@127.0.0.1:5070"}
@@ -501,8 +562,11 @@ async def test_cancel_while_the_session_starts(
     result = await sipp(server, "uac_cancel.xml", workdir)
     assert result.returncode == 0, result.errors
     assert result.responses() == ["SIP/2.0 180 Ringing", "SIP/2.0 200 OK", "SIP/2.0 487 Request Terminated"]
-    await records.until(lambda: bool(records.of("record_end")))
-    assert [data for _, data in records.of("record_end")] == [("caller_hangup",)]
+    await records.until(lambda: bool(records.ends()))
+    assert [disposition for _, disposition in records.ends()] == ["caller_hangup"]
+    for session in sip_sessions(server):  # recorded as ended; its last steps follow the record
+        async with asyncio.timeout(10):
+            await session.wait_closed()
     assert not sip_sessions(server)
 
 
@@ -514,7 +578,7 @@ async def test_a_fifth_call_is_busy(
     silence_pcap(workdir)
     busy = rejected(engines, "capacity")
     async with running(sipp(server, "uac_speech.xml", workdir, calls=4)) as four:
-        await records.until(lambda: len(records.of("record_start")) == 4)
+        await records.until(lambda: len(records.of("start")) == 4)
         refused = await sipp(server, "uac_refused.xml", workdir)
         assert refused.returncode == 0, refused.errors
         assert refused.responses() == ["SIP/2.0 486 Busy Here"]
@@ -537,7 +601,7 @@ async def test_a_drain_refuses_new_calls_then_hangs_up_live_ones(
     silence_pcap(workdir)
     draining = rejected(engines, "draining")
     async with running(sipp(server, "uac_speech.xml", workdir)) as live:
-        await records.until(lambda: bool(records.of("record_start")))
+        await records.until(lambda: bool(records.of("start")))
         drain = asyncio.ensure_future(server.app[SIP].drain(2.0))
         refused = await sipp(server, "uac_refused.xml", workdir)
         assert refused.returncode == 0, refused.errors
@@ -547,7 +611,7 @@ async def test_a_drain_refuses_new_calls_then_hangs_up_live_ones(
         await drain  # the live call had its 2 s; then the gateway hung up
         result = await live
     assert result.returncode == 0, result.errors
-    assert [data for _, data in records.of("record_end")] == [("shutdown",)]
+    assert [disposition for _, disposition in records.ends()] == ["shutdown"]
 
 
 def exchange_udp(port: int, datagrams: list[bytes]) -> str:

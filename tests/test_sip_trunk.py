@@ -22,7 +22,7 @@ from pydantic import SecretStr
 
 from inzwa_voice.api.keys import CALLS
 from inzwa_voice.config import load_settings
-from inzwa_voice.engines.registry import Engines
+from inzwa_voice.engines.runtime import Engines
 from inzwa_voice.legs.sip import SIP, SipServer, registration
 from inzwa_voice.simulator.kamailio import CONFIG_DIR, kamailio, kamcmd
 from inzwa_voice.simulator.process import free_ports

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import signal
 import sqlite3
 import sys
@@ -13,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from inzwa_voice.legs.base import CallInfo, LegKind
+from inzwa_voice.core import CallInfo, LegKind
 from inzwa_voice.store import MAX_TEXT, MIGRATIONS, WRITE_BACKLOG, CallStore, StoreError, TurnRecord
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -92,6 +93,8 @@ async def test_a_call_round_trips_with_turns_and_events_in_order(store: CallStor
                 "latency_ms": {"endpoint": 700.0, "asr_final": 120.2, "first_frame_sent": 480.0},
                 "started_at": 1000.0,
                 "ended_at": 1005.0,
+                "outcome": "played",
+                "source": None,
             },
             {
                 "index": 1,
@@ -104,6 +107,8 @@ async def test_a_call_round_trips_with_turns_and_events_in_order(store: CallStor
                 "latency_ms": {"endpoint": 700.0, "asr_final": 120.2, "first_frame_sent": 480.0},
                 "started_at": 1010.0,
                 "ended_at": 1015.0,
+                "outcome": "played",
+                "source": None,
             },
         ],
         "events": [
@@ -113,6 +118,48 @@ async def test_a_call_round_trips_with_turns_and_events_in_order(store: CallStor
         ],
     }
     assert await store.get_call("nobody") is None
+
+
+async def test_a_turn_written_at_its_endpoint_is_rewritten_when_its_reply_ends(store: CallStore) -> None:
+    await store.start_call("c", INFO, "p", 1.0)
+    answering = dataclasses.replace(turn(0), reply_text="", reply_full="", outcome="answering")
+    await store.add_turn("c", answering)
+    call = await store.get_call("c")
+    assert call is not None
+    turns: list[dict[str, Any]] = call["turns"]  # type: ignore[assignment]
+    assert [(t["caller_text"], t["outcome"]) for t in turns] == [("caller says 0", "answering")]
+    await store.update_turn("c", dataclasses.replace(turn(0), reply_text="bot sa", outcome="hangup"))
+    call = await store.get_call("c")
+    assert call is not None
+    turns = call["turns"]  # type: ignore[assignment]
+    (only,) = turns
+    assert (only["reply_text"], only["reply_full"], only["outcome"]) == ("bot sa", "bot said 0 and more", "hangup")
+    with pytest.raises(StoreError, match="no turn 5 of call 'c'"):
+        await store.update_turn("c", turn(5))
+    with pytest.raises(ValueError, match="outcome 'lost'"):
+        await store.update_turn("c", dataclasses.replace(turn(0), outcome="lost"))  # type: ignore[arg-type]
+
+
+async def test_a_version_1_file_gains_turn_outcomes_and_keeps_its_turns(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    db = sqlite3.connect(path, isolation_level=None)
+    for sql in MIGRATIONS[0]:
+        db.execute(sql)
+    db.execute("PRAGMA user_version = 1")
+    db.execute(
+        "INSERT INTO calls (id, leg, caller, dialled, external_id, params, profile, started_at) "
+        "VALUES ('old', 'ws', '', '', '', '{}', 'p', 1.0)"
+    )
+    db.execute("INSERT INTO turns VALUES ('old', 0, 'hi', 'hello', 'hello', 0, 'en', NULL, '{}', 1.0, 2.0)")
+    db.close()
+    store = await CallStore.open(path)
+    try:
+        call = await store.get_call("old")
+        assert call is not None
+        turns: list[dict[str, Any]] = call["turns"]  # type: ignore[assignment]
+        assert [(t["caller_text"], t["outcome"]) for t in turns] == [("hi", "played")]
+    finally:
+        await store.close()
 
 
 async def test_list_filters_and_pages_newest_first(store: CallStore) -> None:
@@ -269,7 +316,7 @@ CHILD = textwrap.dedent(
     """
     import asyncio, sys
     from pathlib import Path
-    from inzwa_voice.legs.base import CallInfo, LegKind
+    from inzwa_voice.core import CallInfo, LegKind
     from inzwa_voice.store import CallStore, TurnRecord
 
     async def main() -> None:

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from inzwa_voice.conversation.phrases import heard_text, split_phrases
-from inzwa_voice.conversation.turns import FRAME_MS, TurnDetector, TurnEvent, TurnSettings
-from inzwa_voice.engines.registry import Engines
-from inzwa_voice.media.framing import FRAME_SAMPLES
+from inzwa_voice.conversation.responder import Phrase, Reply
+from inzwa_voice.conversation.turns import TurnDetector, TurnEvent, TurnSettings
+from inzwa_voice.core import FRAME_MS, FRAME_SAMPLES
+from inzwa_voice.engines.runtime import Engines
+from inzwa_voice.safety.stream import PhraseSplitter
 from tests.conftest import speak
 
 
@@ -60,19 +61,29 @@ async def test_a_short_burst_is_not_speech(engines: Engines) -> None:
     assert run(detector, silence(200) + cough + silence(600)) == []
 
 
-def test_phrases_split_long_sentences_at_clauses() -> None:
-    text = "Hello there. I can help you with that, but first tell me where you live, and what happened."
-    assert split_phrases(text) == [
-        "Hello there. I can help you with that,",
-        "but first tell me where you live,",
-        "and what happened.",
+def test_later_phrases_split_long_sentences_at_clauses() -> None:
+    splitter = PhraseSplitter()
+    text = (
+        "Hello there. I can help you with that today, but first tell me where you live and what "
+        "happened, and then we can go on."
+    )
+    assert [*splitter.feed(text + " "), splitter.flush()] == [
+        "Hello there. ",
+        "I can help you with that today, but first tell me where you live and what happened, ",
+        "and then we can go on. ",
     ]
-    assert all(len(p) <= 40 for p in split_phrases("word " * 50, max_chars=40))
 
 
 def test_heard_text_cuts_inside_the_phrase_being_played() -> None:
-    spans = [("One two three four.", 0, 100), ("Five six seven eight.", 100, 200)]
-    assert heard_text(spans, 100) == "One two three four."
-    assert heard_text(spans, 150) == "One two three four. Five six"
-    assert heard_text(spans, 0) == ""
-    assert heard_text(spans, 500) == "One two three four. Five six seven eight."
+    frame = np.zeros(FRAME_SAMPLES, np.int16)
+    reply = Reply("r", 1)
+    reply.phrases = [
+        Phrase("One two three four.", [frame] * 100, start=0, end=100),
+        Phrase("Five six seven eight.", [frame] * 100, start=100, end=200),
+    ]
+    assert reply.heard(100) == "One two three four."
+    assert reply.heard(150) == "One two three four. Five six"
+    assert reply.heard(0) == ""
+    assert reply.heard(500) == "One two three four. Five six seven eight."
+    reply.phrases[1].end = 150  # the second phrase is still being queued: only what played counts
+    assert reply.heard(150) == "One two three four. Five six"

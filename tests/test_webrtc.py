@@ -1,23 +1,36 @@
 """Calls over the WebRTC leg: two aiortc peers in one process (the gateway's and a simulated
-page's), real engines, real time. Bad offers must get a clear 4xx and leave no peer behind."""
+page's), real engines, real time. Bad offers must get a clear 4xx and leave no peer behind.
+
+The leg's admission path is also tested on its own, with the leg's routes in an app of their
+own and a scripted call starter (:class:`ScriptedCalls`): a refusal closes the peer it made,
+and the call is hung up when the page goes, whatever the conversation does.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import aioice.ice
 import numpy as np
 import pytest
 import yaml
+from aiohttp import ClientSession, web
 from aiortc import RTCConfiguration, RTCPeerConnection
 
 from inzwa_voice.api.keys import CALLS
-from inzwa_voice.engines.registry import Engines
-from inzwa_voice.legs.webrtc import WEBRTC, BotAudioTrack
+from inzwa_voice.api.middleware import error_middleware
+from inzwa_voice.config import load_settings
+from inzwa_voice.conversation.ports import CallRejected, Leg
+from inzwa_voice.core import CallInfo, Profile
+from inzwa_voice.engines.runtime import Engines
+from inzwa_voice.legs import webrtc
+from inzwa_voice.legs.webrtc import WEBRTC, WebRTCLeg
 from inzwa_voice.legs.webrtc_tokens import CallTokens
 from inzwa_voice.simulator.webrtc import OfferRefused, WebRTCCaller
+from inzwa_voice.telemetry import Metrics
 from tests.conftest import Server, ServerFactory, english_server, speak, transcript
 from tests.test_openapi import SPEC_PATH, check
 
@@ -139,6 +152,8 @@ async def test_dtmf_and_bad_messages_over_the_events_channel(make_server: Server
         await caller.send_json({"type": "dance"})
         error = await caller.wait_for("error")
         assert error["code"] == "unknown_type" and error["recoverable"] is True
+        await caller.send_json({"type": "dtmf", "digit": "00"})
+        assert (await caller.wait_for("error"))["code"] == "bad_dtmf"
         await caller.send_json({"type": "dtmf", "digit": "0"})
         assert (await caller.wait_for("transfer"))["reason"] == "dtmf"
     finally:
@@ -185,25 +200,172 @@ async def test_with_api_keys_an_offer_needs_a_valid_call_token(make_server: Serv
     await caller.hang_up()
 
 
-async def test_bot_audio_is_pulled_in_real_time_and_flushed_at_once() -> None:
-    marks: list[str] = []
-    track = BotAudioTrack(marks.append)
-    for _ in range(10):
-        await track.play(np.full(320, 1000, dtype=np.int16))
-    await track.mark("end")
-    frame = await track.recv()
-    assert (frame.sample_rate, frame.samples) == (48000, 960)
-    started = time.monotonic()
-    for _ in range(3):
-        await track.recv()
-    assert time.monotonic() - started >= 0.055  # three more frames take three frame times
-    played = track.played_frames
-    assert played in (4, 5) and marks == []  # 5 when the resampler's delay left the first frame short
-    assert track.flush() == 10 - played
-    assert marks == ["end"]  # nothing queued before it will ever play
-    silent = await track.recv()
-    assert track.played_frames == played and not silent.to_ndarray().any()
-    track.stop()
+async def test_a_caller_whose_track_ends_after_the_question_still_gets_an_answer(
+    make_server: ServerFactory, engines: Engines
+) -> None:
+    """The page's microphone track ends right after the question (unplugged, muted by the
+    browser): no more RTP arrives, not even silence. The call's clock must end the turn."""
+    server = await english_server(make_server)
+    caller = await call(server)
+    try:
+        await caller.wait_for("tts.end")
+        final = asyncio.ensure_future(caller.wait_for("asr.final"))
+        metrics = asyncio.ensure_future(caller.wait_for("turn.metrics"))
+        caller.say(await speak(engines, QUESTION, rate=48000))
+        await caller.said()
+        caller.end_microphone()
+        assert "clinic" in (await final)["text"].lower()
+        assert (await metrics)["id"] == (await final)["id"]
+        assert caller.events("llm.partial"), "the answer came over the events channel"
+        assert caller.pc.connectionState == "connected", "the call went on without the microphone"
+    finally:
+        await caller.hang_up()
+
+
+async def test_bot_audio_is_pulled_in_real_time_and_its_playout_follows_the_pull() -> None:
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    leg = WebRTCLeg(pc, Metrics(), lambda leg: None)
+    try:
+        tone = np.full(320, 1000, dtype=np.int16)
+        assert [await leg.play(tone) for _ in range(10)] == list(range(1, 11))
+        end = asyncio.ensure_future(leg.wait_for_playout(10))
+        frame = await leg.track.recv()
+        assert (frame.sample_rate, frame.samples) == (48000, 960)
+        started = time.monotonic()
+        for _ in range(3):
+            await leg.track.recv()
+        assert time.monotonic() - started >= 0.055  # three more frames take three frame times
+        played = leg.played_frames
+        assert played in (4, 5)  # 5 when the resampler's delay left the first frame short
+        assert await leg.wait_for_playout(played) and not end.done()
+        assert leg.interrupt() == played  # barge-in: nothing queued will be pulled
+        assert await end is False
+        silent = await leg.track.recv()
+        assert leg.played_frames == played and not silent.to_ndarray().any()
+        assert await leg.play(tone) == played + 1  # the next frame follows the last one played
+        await leg.track.recv()
+        assert leg.played_frames == played + 1
+        # Once the track has stopped (the peer closed), a frame played never plays.
+        leg.track.stop()
+        assert await leg.wait_for_playout(await leg.play(tone)) is False
+    finally:
+        await pc.close()
+
+
+# ----- the admission path, with a scripted call starter -----
+
+
+class ScriptedCall:
+    """A call that does nothing but note what its leg drives; hanging up closes the leg, as a
+    call's end does."""
+
+    def __init__(self, leg: Leg, info: CallInfo) -> None:
+        self.id = "scripted-call"
+        self.info = info
+        self.profile = Profile(name="scripted")
+        self.leg = leg
+        self.digits: list[str] = []
+        self.endings: list[str] = []
+        self.over = asyncio.Event()
+
+    @property
+    def active(self) -> bool:
+        return not self.endings
+
+    def feed(self, frame: np.ndarray) -> None:
+        pass
+
+    def end_turn(self) -> None:
+        pass
+
+    def dtmf(self, digit: str) -> None:
+        self.digits.append(digit)
+
+    async def record_event(self, kind: str, data: dict[str, object]) -> None:
+        pass
+
+    async def hangup(self, reason: str = "caller_hangup") -> None:
+        await self.end(reason)
+
+    async def end(self, disposition: str, *, say_goodbye: bool = False) -> None:
+        self.endings.append(disposition)
+        if len(self.endings) == 1:
+            await self.leg.close(disposition)
+            self.over.set()
+
+
+class ScriptedCalls:
+    """A :class:`~inzwa_voice.conversation.ports.CallStarter` that refuses with ``refusal`` or
+    starts a :class:`ScriptedCall`."""
+
+    def __init__(self, refusal: CallRejected | None = None) -> None:
+        self.metrics = Metrics()
+        self.draining = False
+        self.refusal = refusal
+        self.started: list[ScriptedCall] = []
+
+    async def start(self, leg: Leg, info: CallInfo) -> ScriptedCall:
+        if self.refusal is not None:
+            raise self.refusal
+        call = ScriptedCall(leg, info)
+        self.started.append(call)
+        return call
+
+
+@pytest.fixture
+async def leg_server() -> AsyncIterator[Callable[[ScriptedCalls], Awaitable[Server]]]:
+    """The WebRTC leg's routes alone, in an app on loopback, admitting through ``calls``."""
+    runners: list[web.AppRunner] = []
+    http = ClientSession()
+
+    async def start(calls: ScriptedCalls) -> Server:
+        app = web.Application(middlewares=[error_middleware(calls.metrics)])
+        webrtc.setup(app, calls, load_settings(_env_file=None, webrtc_host_addresses=["127.0.0.1"]))
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        runners.append(runner)
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        return Server(f"http://127.0.0.1:{runner.addresses[0][1]}", app, http)
+
+    yield start
+    await http.close()
+    for runner in runners:
+        await runner.cleanup()
+
+
+async def test_a_refused_call_gets_503_and_its_peer_is_closed(
+    leg_server: Callable[[ScriptedCalls], Awaitable[Server]],
+) -> None:
+    calls = ScriptedCalls(CallRejected("overloaded", "the gateway is at its limit of 1 concurrent calls"))
+    server = await leg_server(calls)
+    caller = WebRTCCaller(server.http, server.url)
+    with pytest.raises(OfferRefused) as refusal:
+        await caller.connect(caller="+263771234567")
+    assert refusal.value.status == 503
+    error = refusal.value.error
+    assert (error["type"], error["code"]) == ("overloaded_error", "overloaded") and "limit" in error["message"]
+    assert peers(server) == 0, "the peer made for the offer is closed before the answer"
+
+
+async def test_the_call_is_admitted_driven_and_hung_up_when_the_page_goes(
+    leg_server: Callable[[ScriptedCalls], Awaitable[Server]],
+) -> None:
+    calls = ScriptedCalls()
+    server = await leg_server(calls)
+    caller = WebRTCCaller(server.http, server.url)
+    started = await caller.connect(caller="+263771234567", dialled="helpline")
+    (scripted,) = calls.started
+    assert started == {"type": "session.started", "call_id": "scripted-call", "profile": "scripted"}
+    assert (scripted.info.leg, scripted.info.caller, scripted.info.dialled) == ("webrtc", "+263771234567", "helpline")
+    await caller.send_json({"type": "dtmf", "digit": "#"})
+    await caller.send_json({"type": "dance"})
+    assert (await caller.wait_for("error"))["code"] == "unknown_type"
+    assert scripted.digits == ["#"], "messages are handled in order: the digit came before the error"
+    await caller.hang_up()  # the tab closes: nothing tells the gateway but the peer connection
+    async with asyncio.timeout(30):
+        await scripted.over.wait()
+    assert scripted.endings == ["caller_hangup"]
+    assert peers(server) == 0
 
 
 async def test_media_stays_on_loopback_and_widgets_may_call_from_any_origin(make_server: ServerFactory) -> None:

@@ -3,21 +3,54 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import json
+import os
 
 import pytest
 
-from inzwa_voice.engines.registry import Engines
+from inzwa_voice.api.keys import CALLS
+from inzwa_voice.engines.runtime import Engines
 from inzwa_voice.simulator.ws import WsCaller
 from tests.conftest import Server, ServerFactory, english_server, speak, transcript
 
 QUESTION = "Hello. Where is the nearest clinic?"
 
 
-async def call(server: Server, **start: object) -> WsCaller:
-    caller = WsCaller(server.http, server.url.replace("http", "ws") + "/v1/ws")
+def ws_url(server: Server) -> str:
+    return server.url.replace("http", "ws") + "/v1/ws"
+
+
+async def call(server: Server, *, dtx: bool = False, **start: object) -> WsCaller:
+    caller = WsCaller(server.http, ws_url(server), dtx=dtx)
     await caller.connect(**start)
     return caller
+
+
+async def raw_start(server: Server, start: dict[str, object]) -> asyncio.StreamWriter:
+    """A WebSocket client by hand: the upgrade and one masked text frame, then nothing; the
+    caller of this decides how the connection dies."""
+    host, port = "127.0.0.1", int(server.url.rsplit(":", 1)[1])
+    reader, writer = await asyncio.open_connection(host, port)
+    key = base64.b64encode(os.urandom(16)).decode()
+    writer.write(
+        f"GET /v1/ws HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
+    )
+    head = await reader.readuntil(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 101"), head
+    payload = json.dumps(start).encode()
+    assert len(payload) < 126  # one byte of length
+    mask = os.urandom(4)
+    writer.write(bytes([0x81, 0x80 | len(payload)]) + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload)))
+    await writer.drain()
+    return writer
+
+
+async def active_calls(server: Server) -> int:
+    async with server.http.get(server.url + "/health") as resp:
+        return int((await resp.json())["active_calls"])
 
 
 async def greeted(caller: WsCaller) -> None:
@@ -56,6 +89,61 @@ async def test_barge_in_stops_the_bot_within_300_ms_of_media_time(make_server: S
         after = caller.timeline.audio_ms_after(started, caller.rate)
         assert after <= 300 + 60, f"{after:.0f} ms of bot audio after the caller started speaking"
         assert barge["heard"] != ""
+    finally:
+        await caller.hang_up()
+
+
+async def test_a_caller_who_stops_sending_still_gets_an_answer(make_server: ServerFactory, engines: Engines) -> None:
+    """After the question the client sends nothing at all: no trailing silence, no end_turn
+    (DTX, a muted microphone, a stalled network). The gateway's clock ends the turn."""
+    server = await english_server(make_server)
+    caller = await call(server, dtx=True)
+    try:
+        await greeted(caller)
+        caller.say(await speak(engines, QUESTION))
+        final = await caller.wait_for("asr.final")
+        assert "clinic" in final["text"].lower()
+        answer = await caller.wait_for("tts.start")
+        assert answer["id"] == final["id"]
+        assert (await caller.wait_for("tts.end"))["id"] == final["id"]
+        assert await transcript(engines, caller.bot_audio(), 16000)
+    finally:
+        await caller.hang_up()
+
+
+async def test_a_client_gone_right_after_start_frees_its_slot(make_server: ServerFactory) -> None:
+    """The client sends ``start`` and drops the connection at once, before ``session.started``
+    can reach it: its call still ends and is recorded, and its place is free again."""
+    server = await english_server(make_server, max_sessions=1)
+    with server.app[CALLS].watch() as recorded:
+        writer = await raw_start(server, {"type": "start", "codec": "pcm16", "sample_rate": 16000})
+        async with asyncio.timeout(30):
+            while (started := await recorded.get()).kind != "start":
+                pass
+            writer.transport.abort()  # the call is starting: gone, with no closing handshake
+            while (event := await recorded.get()).kind != "end" or event.call_id != started.call_id:
+                pass
+    assert event.data["disposition"] == "caller_hangup"
+    assert await active_calls(server) == 0
+    async with server.http.get(f"{server.v1}/admin/calls/{started.call_id}") as resp:
+        assert resp.status == 200
+        assert (await resp.json())["disposition"] == "caller_hangup"
+    # The only place is free: the next caller is taken.
+    caller = await call(server)
+    await caller.hang_up()
+
+
+async def test_dtmf_must_be_one_keypad_digit(make_server: ServerFactory) -> None:
+    server = await english_server(make_server)
+    caller = await call(server)
+    try:
+        for digit in ["", "0123", "A", 5, None]:
+            await caller.send_json({"type": "dtmf", "digit": digit})
+            error = await caller.wait_for("error")
+            assert (error["code"], error["recoverable"]) == ("bad_dtmf", True), digit
+        await caller.send_json({"type": "dtmf", "digit": "#"})
+        assert (await caller.wait_for("dtmf"))["digit"] == "#"
+        assert [e["digit"] for e in caller.events("dtmf")] == ["#"]
     finally:
         await caller.hang_up()
 

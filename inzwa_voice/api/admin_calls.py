@@ -7,13 +7,12 @@ operator reading records during an incident must get exactly what they asked for
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import get_args
 
 from aiohttp import web
 
 from inzwa_voice.api.keys import CALLS
+from inzwa_voice.core import LEG_KINDS
 from inzwa_voice.errors import ApiError, invalid
-from inzwa_voice.legs.base import LegKind
 from inzwa_voice.store import CallStore
 
 STORE = web.AppKey("store", CallStore)
@@ -21,7 +20,6 @@ STORE = web.AppKey("store", CallStore)
 MAX_LIMIT = 200
 DEFAULT_LIMIT = 50
 MAX_OFFSET = 1_000_000
-LEGS: tuple[str, ...] = get_args(LegKind)
 _BOOLEANS = {"true": True, "false": False}
 
 
@@ -43,8 +41,8 @@ async def list_calls(request: web.Request) -> web.Response:
     limit = _int_param(query, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
     offset = _int_param(query, "offset", 0, 0, MAX_OFFSET)
     leg = query.get("leg")
-    if leg is not None and leg not in LEGS:
-        raise invalid(f"leg must be one of {', '.join(LEGS)}", "leg")
+    if leg is not None and leg not in LEG_KINDS:
+        raise invalid(f"leg must be one of {', '.join(LEG_KINDS)}", "leg")
     active = query.get("active")
     if active is not None and active not in _BOOLEANS:
         raise invalid("active must be true or false", "active")

@@ -9,7 +9,7 @@ from aiohttp import web
 
 from inzwa_voice.config import Settings
 from inzwa_voice.conversation.calls import CallManager
-from inzwa_voice.engines.registry import Engines
+from inzwa_voice.engines.runtime import Engines
 from inzwa_voice.errors import ApiError
 from inzwa_voice.safety import Safety
 from inzwa_voice.telemetry import Metrics

@@ -1,6 +1,6 @@
 """Request middleware: ids and logs, errors in one shape, API keys, rate limits, metrics.
 
-Order matters and is fixed in ``middlewares()``: the outermost layer assigns the request id and
+Order matters and is fixed in ``app.build_app``: the outermost layer assigns the request id and
 renders every failure (including aiohttp's own 404/405/413) as the JSON error shape, so nothing
 below it can leak an HTML error page or a stack trace.
 """
@@ -27,7 +27,6 @@ log = logging.getLogger("inzwa_voice.http")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 EXTRA_HEADERS = web.RequestKey("extra_headers", dict[str, str])
-IDENTITY = web.RequestKey("identity", str)
 PREPARED = web.RequestKey("prepared", web.StreamResponse)
 
 # Paths anyone may read: probes, scrapers and the API description.
@@ -194,7 +193,6 @@ def auth_middleware(settings: Settings, metrics: Metrics) -> web.middleware:  # 
         if _is_public(request.path) or request.method == "OPTIONS":
             return await handler(request)
         identity = client_identity(request, settings.api_keys)
-        request[IDENTITY] = identity
         if limiter is None:
             return await handler(request)
         allowed, remaining = limiter.check(identity)

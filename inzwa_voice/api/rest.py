@@ -5,13 +5,14 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+from collections.abc import AsyncGenerator
 
 from aiohttp import web
 
-from inzwa_voice.api.keys import ENGINES, GATE, SAFETY, SETTINGS
+from inzwa_voice.api.keys import CALLS, ENGINES, GATE, SETTINGS
 from inzwa_voice.api.schemas import AsrRequest, ChatRequest, Message, TtsRequest, parse_json
 from inzwa_voice.api.streaming import check_text, collect, resolve_voice, stream_speech, stream_sse
-from inzwa_voice.conversation.reply import ReplyInfo, safe_reply
+from inzwa_voice.conversation.brain import Dialog
 from inzwa_voice.engines.base import ChatMessage, Float32, Transcript
 from inzwa_voice.errors import invalid
 from inzwa_voice.media.audiofile import AudioDecodeError, decode_audio, decode_pcm16
@@ -96,29 +97,52 @@ async def asr(request: web.Request) -> web.Response:
 
 
 async def chat(request: web.Request) -> web.StreamResponse:
+    """One answer from the same brain as calls: safety, intents, the profile's knowledge base,
+    then the LLM grounded on it; ``source`` says which."""
     body = await parse_json(request, ChatRequest)
     messages = to_chat_messages(request, body.messages)
-    language = check_language(request, body.language)
-    info = ReplyInfo()
+    calls = request.app[CALLS]
+    profile = calls.default_profile()
+    if body.profile is not None:
+        named = calls.dialplan.profiles.get(body.profile) if calls.dialplan is not None else None
+        if named is None:
+            raise invalid(f"no profile {body.profile!r} in the dialplan", "profile", "unknown_profile")
+        profile = named
+    language = check_language(request, body.language or profile.language)
+    question = next(m.content for m in reversed(messages) if m.role == "user")
+    last = max(i for i, m in enumerate(messages) if m.role == "user")
+    history = [m for m in messages[:last] if m.role != "system"]
     with request.app[GATE].enter():
-        pieces = safe_reply(
-            request.app[ENGINES],
-            request.app[SAFETY],
-            messages,
+        answer = calls.brain.answer(
+            question,
+            profile=profile,
             language=language,
-            info=info,
+            knowledge=calls.knowledge_for(profile),
+            dialog=Dialog(),
+            history=history,
             max_tokens=body.max_tokens,
             temperature=body.temperature,
         )
+        pieces = answer.phrases if answer.phrases is not None else _one(answer.text or "")
         if not body.stream:
             text = await collect(pieces)
-            return web.json_response({"message": {"role": "assistant", "content": text}, "safety": info.public()})
+            return web.json_response(
+                {
+                    "message": {"role": "assistant", "content": text},
+                    "safety": answer.info.public(),
+                    "source": answer.source.public(),
+                }
+            )
         return await stream_sse(
             request,
             pieces,
             each=lambda piece: {"token": piece},
-            last=lambda: [{"done": True, "safety": info.public()}],
+            last=lambda: [{"done": True, "safety": answer.info.public(), "source": answer.source.public()}],
         )
+
+
+async def _one(text: str) -> AsyncGenerator[str, None]:
+    yield text
 
 
 async def tts(request: web.Request) -> web.StreamResponse:

@@ -44,6 +44,7 @@ class ChatRequest(BaseModel):
     max_tokens: Annotated[int, Field(ge=1, le=4096)] | None = None
     temperature: Annotated[float, Field(ge=0.0, le=2.0)] | None = None
     language: str | None = None
+    profile: Annotated[str, Field(max_length=64)] | None = None
 
 
 class TtsRequest(BaseModel):

@@ -14,7 +14,7 @@ from contextlib import aclosing
 from aiohttp import web
 
 from inzwa_voice.api.keys import ENGINES, SETTINGS
-from inzwa_voice.engines.tts.piper import UnknownVoiceError
+from inzwa_voice.engines.base import UnknownVoiceError
 from inzwa_voice.errors import invalid
 from inzwa_voice.media.audiofile import ResponseFormat, content_type, open_encoder
 

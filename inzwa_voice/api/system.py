@@ -11,11 +11,17 @@ import yaml
 from aiohttp import web
 
 from inzwa_voice import __version__
-from inzwa_voice.api.keys import CALLS, ENGINES, GATE, METRICS
+from inzwa_voice.api.keys import CALLS, ENGINES, GATE, METRICS, SETTINGS
 from inzwa_voice.legs.audiosocket import AUDIOSOCKET
 from inzwa_voice.legs.sip import SIP
+from inzwa_voice.legs.webrtc import WEBRTC
 
 OPENAPI_PATH = Path(__file__).resolve().parents[2] / "api" / "openapi.yaml"
+# Where the legs take calls over HTTP, as the legs register them (api/openapi.yaml names them too).
+WS_PATH = "/v1/ws"
+TWILIO_WEBHOOK_PATH = "/v1/twilio/voice"
+TWILIO_MEDIA_PATH = "/v1/twilio/media"
+WEBRTC_OFFER_PATH = "/v1/webrtc/offer"
 
 
 async def health(request: web.Request) -> web.Response:
@@ -37,17 +43,31 @@ async def health(request: web.Request) -> web.Response:
     )
 
 
-def legs(app: web.Application) -> dict[str, object]:
-    """Where each call leg listens, so operators and the call simulator can find them."""
-    audiosocket = app.get(AUDIOSOCKET)
-    sip = app.get(SIP)
+def legs(app: web.Application) -> dict[str, dict[str, object]]:
+    """Every call leg, whether it takes calls and where, so operators and the call simulator can
+    find them. A leg is enabled when the app set it up and the settings did not turn it off."""
+    settings = app[SETTINGS]
+    routes = {resource.canonical for resource in app.router.resources()}
+    audiosocket = app.get(AUDIOSOCKET) if settings.audiosocket_enabled else None
+    sip = app.get(SIP) if settings.sip_enabled else None
+    webrtc = app.get(WEBRTC)
     return {
-        "ws": {"path": "/v1/ws"},
-        "twilio": {"webhook": "/v1/twilio/voice", "media": "/v1/twilio/media"},
-        "audiosocket": {"port": audiosocket.port if audiosocket is not None else None},
+        "ws": {"enabled": WS_PATH in routes, "path": WS_PATH},
+        "twilio": {"enabled": TWILIO_MEDIA_PATH in routes, "webhook": TWILIO_WEBHOOK_PATH, "media": TWILIO_MEDIA_PATH},
+        "audiosocket": {
+            "enabled": audiosocket is not None,
+            "port": audiosocket.port if audiosocket is not None else None,
+        },
         "sip": {
+            "enabled": sip is not None,
             "port": sip.port if sip is not None else None,
             "registration": sip.registration_health() if sip is not None else None,
+        },
+        "webrtc": {
+            "enabled": webrtc is not None,
+            "offer": WEBRTC_OFFER_PATH,
+            "peers": len(webrtc.peers) if webrtc is not None else 0,
+            "max_peers": settings.webrtc_max_peers,
         },
     }
 

@@ -1,132 +1,67 @@
 """The calls of one process: admission, routing to a profile, prompt audio, call records.
 
-Every leg starts a call through ``CallManager.start``; the manager refuses calls beyond
-``max_sessions`` with a clear reason, picks the profile from the dialplan, and writes the call
-record as the call goes. Fixed prompts (greeting, hold, re-prompt, goodbye) are synthesized once
-per voice and text and reused by every call.
+Every leg starts a call through ``CallManager.start`` (the ``CallStarter`` ``app.py`` hands the
+legs); the manager refuses calls beyond ``max_sessions`` with a clear reason, picks the profile
+from the dialplan, and gives each call a recorder that writes its record as the call goes.
+Fixed prompts are synthesized once per voice and text and shared by every call
+(:class:`~inzwa_voice.conversation.prompts.PromptAudio`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 import uuid
-from collections import OrderedDict
-from collections.abc import Awaitable, Iterator
-from contextlib import aclosing
+from collections.abc import Awaitable, Iterator, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 from inzwa_voice.config import Settings
-from inzwa_voice.conversation.profile import Profile
-from inzwa_voice.conversation.session import LATENCY_STAGES, CallSession, Turn
+from inzwa_voice.conversation.brain import Brain, Knowledge
+from inzwa_voice.conversation.ports import CallRejected, Leg
+from inzwa_voice.conversation.prompts import PromptAudio
+from inzwa_voice.conversation.session import CallSession
 from inzwa_voice.conversation.turns import TurnSettings
+from inzwa_voice.core import CallInfo, Profile
 from inzwa_voice.dialplan import Dialplan
-from inzwa_voice.engines.base import PCM16
-from inzwa_voice.engines.registry import Engines
-from inzwa_voice.legs.base import CallInfo, Leg
-from inzwa_voice.media.framing import FRAME_SAMPLES, Framer
+from inzwa_voice.engines.base import Inference
+from inzwa_voice.knowledge.base import Entry
+from inzwa_voice.knowledge.loader import DEFAULT_KNOWLEDGE, load_intents, load_knowledge
+from inzwa_voice.knowledge.match import Matcher
 from inzwa_voice.safety import Safety
 from inzwa_voice.store import DISPOSITIONS, CallStore, TurnRecord
 from inzwa_voice.telemetry import Metrics
 
 log = logging.getLogger(__name__)
 
-_PROMPT_CACHE = 64
-
-
-class CallRejected(Exception):
-    """The gateway will not take this call now; ``code`` says why (``overloaded``, ``draining``)."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
+__all__ = ["CallEvent", "CallManager", "CallRecords", "CallRejected"]
 
 
 @dataclass(frozen=True)
 class CallEvent:
     """Something recorded about a call: ``kind`` is an event kind (dtmf, transfer, barge_in …),
-    ``turn`` or ``end``."""
+    ``start``, ``turn`` or ``end``."""
 
     call_id: str
     kind: str
     data: dict[str, object]
 
 
-class CallManager:
-    def __init__(
-        self,
-        settings: Settings,
-        engines: Engines,
-        safety: Safety,
-        *,
-        dialplan: Dialplan | None = None,
-        store: CallStore | None = None,
-    ) -> None:
-        self.settings = settings
-        self.engines = engines
-        self.safety = safety
-        self.metrics: Metrics = engines.metrics
-        self.dialplan = dialplan
-        self.store = store
-        self.sessions: dict[str, CallSession] = {}
-        self.draining = False
+class CallRecords:
+    """The recorder every call of this process writes through: the store (when open), metrics
+    and a bounded feed for watchers. A failed write is logged and counted; it never ends or
+    stalls the call."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+        self.store: CallStore | None = None
         self._watchers: list[asyncio.Queue[CallEvent]] = []
-        self._prompts: OrderedDict[tuple[str, str], list[PCM16]] = OrderedDict()
-        self._turns = TurnSettings(
-            threshold=settings.vad_threshold,
-            off_threshold=max(0.05, settings.vad_threshold - 0.15),
-            start_ms=settings.turn_start_ms,
-            prefetch_ms=settings.turn_prefetch_ms,
-            endpoint_ms=settings.turn_endpoint_ms,
-            max_utterance_ms=int(settings.turn_max_utterance_s * 1000),
-        )
-
-    def profile_for(self, info: CallInfo) -> Profile:
-        if self.dialplan is not None:
-            return self.dialplan.route(info)
-        voice = self.settings.tts_voice if self.settings.language == "en" else "joe-sn"
-        return Profile(language=self.settings.language, voice=voice)
-
-    async def start(self, leg: Leg, info: CallInfo, profile: Profile | None = None) -> CallSession:
-        """Admit a call or raise ``CallRejected``; the session is running when this returns."""
-        if self.draining:
-            self.metrics.calls_rejected.labels(info.leg, "draining").inc()
-            raise CallRejected("draining", "the gateway is shutting down and takes no new calls")
-        if len(self.sessions) >= self.settings.max_sessions:
-            self.metrics.calls_rejected.labels(info.leg, "overloaded").inc()
-            raise CallRejected(
-                "overloaded", f"the gateway is at its limit of {self.settings.max_sessions} concurrent calls"
-            )
-        session = CallSession(self, uuid.uuid4().hex, leg, info, profile or self.profile_for(info), self._turns)
-        self.sessions[session.id] = session
-        self.metrics.active_calls.labels(info.leg).inc()
-        await session.start()
-        return session
-
-    async def prompt_frames(self, text: str, voice: str) -> list[PCM16]:
-        key = (voice, text)
-        frames = self._prompts.get(key)
-        if frames is None:
-            framer = Framer(FRAME_SAMPLES)
-            frames = []
-            stream = self.engines.synthesize(text, voice=voice, sample_rate=16000)
-            async with aclosing(stream):
-                async for pcm in stream:
-                    frames.extend(framer.push(pcm))
-            frames.extend(framer.flush(pad=True))
-            self._prompts[key] = frames
-            if len(self._prompts) > _PROMPT_CACHE:
-                self._prompts.popitem(last=False)
-        self._prompts.move_to_end(key)
-        return frames
 
     @contextlib.contextmanager
     def watch(self) -> Iterator[asyncio.Queue[CallEvent]]:
-        """A feed of everything recorded from now on, for operators' tooling and for tests that
-        wait for what a leg cannot show on its wire (a transfer on Twilio, a hang-up handled
-        after the socket closed). Bounded: a watcher that stops reading loses the oldest."""
         queue: asyncio.Queue[CallEvent] = asyncio.Queue(maxsize=1000)
         self._watchers.append(queue)
         try:
@@ -140,63 +75,223 @@ class CallManager:
                 queue.get_nowait()
             queue.put_nowait(CallEvent(call_id, kind, data))
 
-    # ----- call records and metrics -----
-    async def _write(self, session: CallSession, what: str, write: Awaitable[None]) -> None:
-        """A failed record write is logged and counted; it never ends or stalls the call."""
+    async def _write(self, call_id: str, leg: str, what: str, write: Awaitable[None]) -> None:
         try:
             await write
         except Exception:
-            log.exception("call record write failed", extra={"call_id": session.id, "what": what})
-            self.metrics.call_errors.labels(session.info.leg, "record_write").inc()
+            log.exception("call record write failed", extra={"call_id": call_id, "what": what})
+            self.metrics.call_errors.labels(leg, "record_write").inc()
 
-    async def record_start(self, session: CallSession) -> None:
+    async def start(self, call_id: str, info: CallInfo, profile: str, started_at: float) -> None:
+        self._notify(call_id, "start", {"leg": info.leg, "profile": profile})
         if self.store is not None:
-            write = self.store.start_call(session.id, session.info, session.profile.name, session.started_at)
-            await self._write(session, "start", write)
+            await self._write(call_id, info.leg, "start", self.store.start_call(call_id, info, profile, started_at))
 
-    async def record_event(self, session: CallSession, kind: str, data: dict[str, object]) -> None:
-        self._notify(session.id, kind, data)
+    async def turn(self, call_id: str, info: CallInfo, record: TurnRecord, *, first: bool) -> None:
+        data: dict[str, object] = {
+            "index": record.index,
+            "outcome": record.outcome,
+            "barged_in": record.barged_in,
+            "caller_text": record.caller_text,
+            "reply_text": record.reply_text,
+        }
+        self._notify(call_id, "turn", data)
         if self.store is not None:
-            await self._write(session, kind, self.store.add_event(session.id, kind, data, time.time()))
+            write = self.store.add_turn(call_id, record) if first else self.store.update_turn(call_id, record)
+            await self._write(call_id, info.leg, "turn", write)
 
-    async def record_turn(self, session: CallSession, turn: Turn, *, barged_in: bool, heard: str | None) -> None:
-        self.metrics.turns.labels(session.info.leg).inc()
-        self._notify(session.id, "turn", {"index": turn.index, "barged_in": barged_in, "caller_text": turn.caller_text})
-        for stage in LATENCY_STAGES:
-            if stage in turn.marks:
-                self.metrics.turn_latency.labels(stage).observe(turn.marks[stage] / 1000)
-        if self.store is None:
-            return
-        full = " ".join(turn.phrases)
-        record = self.store.add_turn(
-            session.id,
-            TurnRecord(
-                index=turn.index,
-                caller_text=turn.caller_text or "",
-                reply_text=full if heard is None else heard,
-                reply_full=full,
-                barged_in=barged_in,
-                language=session.profile.language,
-                safety=None if turn.info.action == "allow" else turn.info.category or turn.info.action,
-                latency_ms=dict(turn.marks),
-                started_at=turn.started_at,
-                ended_at=time.time(),
-            ),
-        )
-        await self._write(session, "turn", record)
-        if barged_in:
-            await self.record_event(session, "barge_in", {"turn": turn.index, "heard": heard or ""})
+    async def event(self, call_id: str, kind: str, data: dict[str, object]) -> None:
+        self._notify(call_id, kind, data)
+        if self.store is not None:
+            # The leg is not known here; the store's failures are rare enough to count unlabelled.
+            await self._write(call_id, "unknown", kind, self.store.add_event(call_id, kind, data, time.time()))
 
-    async def record_end(self, session: CallSession, disposition: str) -> None:
+    async def end(self, call_id: str, info: CallInfo, disposition: str) -> None:
         if disposition not in DISPOSITIONS:
             log.warning("unknown disposition recorded as error", extra={"disposition": disposition})
             disposition = "error"
-        self.sessions.pop(session.id, None)
-        self.metrics.active_calls.labels(session.info.leg).dec()
-        self.metrics.calls.labels(session.info.leg, disposition).inc()
         if self.store is not None:
-            await self._write(session, "end", self.store.end_call(session.id, disposition, time.time()))
-        self._notify(session.id, "end", {"disposition": disposition})
+            await self._write(call_id, info.leg, "end", self.store.end_call(call_id, disposition, time.time()))
+        self._notify(call_id, "end", {"disposition": disposition})
+
+
+_ALWAYS = {"en": "every day, at any time", "sn": "mazuva ese, nguva dzose"}
+"""``{office_hours}`` for a dialplan without office hours: people are always there."""
+
+
+@functools.cache
+def _intents() -> tuple[Entry, ...]:
+    """The packaged intents, read once per process."""
+    return load_intents()
+
+
+class CallManager:
+    """Starts calls for every leg; implements :class:`~inzwa_voice.conversation.ports.CallStarter`."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        inference: Inference,
+        safety: Safety,
+        *,
+        dialplan: Dialplan | None = None,
+        voices: Mapping[str, str] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.inference = inference
+        self.safety = safety
+        self.metrics: Metrics = inference.metrics
+        # The voice a call switches to with its language (the profile's own voice otherwise).
+        self.voices: Mapping[str, str] = voices or {"en": settings.tts_voice, "sn": "joe-sn"}
+        self.records = CallRecords(self.metrics)
+        self.prompts = PromptAudio.of(inference)
+        self.brain = Brain(inference, safety, _intents())
+        self.dialplan = dialplan
+        self.knowledge = self.load_knowledge(dialplan)
+        self.sessions: dict[str, CallSession] = {}
+        self._preparing: set[asyncio.Task[None]] = set()
+        self.draining = False
+        self._turns = TurnSettings(
+            threshold=settings.vad_threshold,
+            off_threshold=max(0.05, settings.vad_threshold - 0.15),
+            start_ms=settings.turn_start_ms,
+            prefetch_ms=settings.turn_prefetch_ms,
+            endpoint_ms=settings.turn_endpoint_ms,
+            max_utterance_ms=int(settings.turn_max_utterance_s * 1000),
+        )
+
+    @property
+    def store(self) -> CallStore | None:
+        return self.records.store
+
+    @store.setter
+    def store(self, store: CallStore | None) -> None:
+        self.records.store = store
+
+    def watch(self) -> contextlib.AbstractContextManager[asyncio.Queue[CallEvent]]:
+        """A feed of everything recorded from now on, for operators' tooling and for tests that
+        wait for what a leg cannot show on its wire (a transfer on Twilio, a hang-up handled
+        after the socket closed). Bounded: a watcher that stops reading loses the oldest."""
+        return self.records.watch()
+
+    def load_knowledge(self, dialplan: Dialplan | None) -> dict[str, Knowledge]:
+        """Every knowledge base the dialplan's profiles name, loaded and checked (a broken one
+        raises ``KnowledgeError`` with its file and line)."""
+        loaded: dict[str, Knowledge] = {}
+        if dialplan is None:
+            return loaded
+        hours = dialplan.default.hours
+        for profile in dialplan.profiles.values():
+            name = profile.knowledge
+            if name is None or name in loaded:
+                continue
+            path = DEFAULT_KNOWLEDGE if name == "helpline" else dialplan.path.parent / Path(name)
+            base = load_knowledge(path, intents=self.brain.intents)
+            placeholders = {
+                language: {
+                    "office_hours": hours.describe(language) if hours is not None else _ALWAYS.get(language, ""),
+                    "helpline_number": self.settings.helpline_number,
+                }
+                for language in base.languages
+            }
+            loaded[name] = Knowledge(base, Matcher(base.entries), placeholders)
+        return loaded
+
+    def knowledge_for(self, profile: Profile) -> Knowledge | None:
+        return None if profile.knowledge is None else self.knowledge.get(profile.knowledge)
+
+    def apply(self, dialplan: Dialplan, knowledge: dict[str, Knowledge]) -> None:
+        """Take a new dialplan and its knowledge bases (``load_knowledge``) for the calls that
+        start from now on; calls already up keep what they started with."""
+        self.dialplan, self.knowledge = dialplan, knowledge
+
+    def default_profile(self) -> Profile:
+        """The profile of a call no dialplan rule matches (``/v1/chat`` answers as it)."""
+        if self.dialplan is not None:
+            return self.dialplan.default.profile
+        return self.profile_for(CallInfo(leg="ws"))
+
+    def profile_for(self, info: CallInfo) -> Profile:
+        if self.dialplan is not None:
+            return self.dialplan.route(info)
+        voice = self.settings.tts_voice if self.settings.language == "en" else "joe-sn"
+        return Profile(language=self.settings.language, voice=voice)
+
+    def profiles(self) -> list[Profile]:
+        """Every profile a call may get."""
+        if self.dialplan is None:
+            return [self.profile_for(CallInfo(leg="ws"))]
+        return list(self.dialplan.profiles.values())
+
+    async def prepare_prompts(self) -> None:
+        """Synthesize every profile's fixed texts, then every knowledge answer, before the first
+        call needs them, so no caller waits for a greeting or an authored answer and a burst of
+        calls does not synthesize one text once each. The fixed texts come first: every call
+        says its greeting, few ask any one question."""
+        texts = [
+            (text, p.voice)
+            for p in self.profiles()
+            for text in (p.greeting, p.hold_prompt, p.reprompt, p.goodbye, p.apology)
+        ]
+        for knowledge in self.knowledge.values():
+            base = knowledge.base
+            for language in base.languages:
+                voice = self.voices.get(language)
+                if voice is None:
+                    continue
+                for name in ("fallback", "menu", "dont_know", "refusal"):
+                    texts.append((knowledge.text(name, language), voice))
+                for entry in (*base.entries, *self.brain.intents):
+                    for open_now in (True, False):
+                        texts.append((knowledge.answer(entry, language, open_now=open_now), voice))
+        await self.prompts.prepare(list(dict.fromkeys(t for t in texts if t[0])))
+
+    def prepare_soon(self) -> asyncio.Task[None]:
+        """``prepare_prompts`` in the background (at start-up, after a reload)."""
+        task = asyncio.ensure_future(self.prepare_prompts())
+        self._preparing.add(task)
+        task.add_done_callback(self._preparing.discard)
+        return task
+
+    async def start(self, leg: Leg, info: CallInfo, profile: Profile | None = None) -> CallSession:
+        """Admit a call or raise ``CallRejected``; the session is running when this returns."""
+        if self.draining:
+            self.metrics.calls_rejected.labels(info.leg, "draining").inc()
+            raise CallRejected("draining", "the gateway is shutting down and takes no new calls")
+        if len(self.sessions) >= self.settings.max_sessions:
+            self.metrics.calls_rejected.labels(info.leg, "overloaded").inc()
+            raise CallRejected(
+                "overloaded", f"the gateway is at its limit of {self.settings.max_sessions} concurrent calls"
+            )
+        profile = profile or self.profile_for(info)
+        session = CallSession(
+            call_id=uuid.uuid4().hex,
+            leg=leg,
+            info=info,
+            profile=profile,
+            inference=self.inference,
+            brain=self.brain,
+            knowledge=self.knowledge_for(profile),
+            voices=self.voices,
+            recorder=self.records,
+            prompts=self.prompts,
+            turn_settings=self._turns,
+            on_end=self._ended,
+        )
+        self.sessions[session.id] = session
+        self.metrics.active_calls.labels(info.leg).inc()
+        try:
+            await session.start()
+        except BaseException:
+            await session.end("error")
+            raise
+        return session
+
+    def _ended(self, session: CallSession, disposition: str) -> None:
+        if self.sessions.pop(session.id, None) is None:
+            return
+        self.metrics.active_calls.labels(session.info.leg).dec()
+        self.metrics.calls.labels(session.info.leg, disposition if disposition in DISPOSITIONS else "error").inc()
 
     async def shutdown(self) -> None:
         self.draining = True

@@ -7,13 +7,12 @@ model output reaches the user only phrase by phrase after the post filter has pa
 
 from __future__ import annotations
 
-import time
+import asyncio
 from collections.abc import AsyncGenerator
 from contextlib import aclosing
 from dataclasses import dataclass
 
-from inzwa_voice.engines.base import ChatMessage
-from inzwa_voice.engines.registry import Engines
+from inzwa_voice.engines.base import ChatMessage, Inference
 from inzwa_voice.safety import Safety
 
 
@@ -26,7 +25,7 @@ class ReplyInfo:
     transfer: bool = False
     blocked_category: str | None = None
     tokens: int = 0
-    first_token_at: float | None = None  # perf_counter time of the model's first token
+    first_token_at: float | None = None  # loop time of the model's first token
 
     def public(self) -> dict[str, object]:
         """The part a REST client sees (``safety`` in ``/v1/chat`` responses)."""
@@ -40,7 +39,7 @@ class ReplyInfo:
 
 
 async def safe_reply(
-    engines: Engines,
+    engines: Inference,
     safety: Safety,
     messages: list[ChatMessage],
     *,
@@ -69,7 +68,7 @@ async def safe_reply(
             async for token in generation:
                 info.tokens += 1
                 if info.first_token_at is None:
-                    info.first_token_at = time.perf_counter()
+                    info.first_token_at = asyncio.get_running_loop().time()
                 yield token
 
     tokens = counted()

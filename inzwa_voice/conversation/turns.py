@@ -17,9 +17,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from inzwa_voice.engines.base import PCM16, VADStream
+from inzwa_voice.core import FRAME_MS, PCM16
+from inzwa_voice.engines.base import VADStream
 
-FRAME_MS = 20
+__all__ = ["FRAME_MS", "TurnDetector", "TurnEvent", "TurnSettings"]
 
 
 class TurnEvent(enum.Enum):

@@ -1,9 +1,12 @@
 """The small protocols every engine implements, and the values they exchange.
 
 Engines are loaded once per process and shared by all calls and requests, so each protocol is
-blocking and thread-safe: callers run them in the inference executor (see ``engines.registry``),
+blocking and thread-safe: callers run them in the inference executor (see ``engines.runtime``),
 never on the event loop. The LLM is the exception: it streams asynchronously because generation
 must be cancellable token by token.
+
+Importing this module loads no model library: the conversation, the legs and the API type
+against these protocols, and only ``engines.loading`` knows the implementations.
 """
 
 from __future__ import annotations
@@ -12,13 +15,20 @@ from collections.abc import AsyncGenerator, Iterator
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
-import numpy as np
-import numpy.typing as npt
+from inzwa_voice.core import PCM16, Float32
+from inzwa_voice.telemetry import Metrics
 
-PCM16 = npt.NDArray[np.int16]
-Float32 = npt.NDArray[np.float32]
+__all__ = ["PCM16", "Float32"]  # re-exported: engines speak the core's audio types
 
 Role = Literal["system", "user", "assistant"]
+
+# OpenAI's voice names, accepted by /v1/audio/speech: a TTS engine gives them to its default
+# English voice as aliases, so the unmodified ``openai`` client can name a voice.
+OPENAI_VOICE_NAMES = ("alloy", "ash", "ballad", "coral", "echo", "fable", "nova", "onyx", "sage", "shimmer")
+
+
+class UnknownVoiceError(KeyError):
+    """``TTS.resolve`` was given a name that is neither a voice id nor an alias."""
 
 
 @dataclass(frozen=True)
@@ -94,8 +104,6 @@ class VADStream(Protocol):
 
 
 class VAD(Protocol):
-    sample_rate: int
-
     def stream(self) -> VADStream: ...
 
 
@@ -128,12 +136,57 @@ class LLM(Protocol):
         """Yield text pieces as generated; closing the iterator stops generation."""
         ...
 
+    def warm(self) -> None:
+        """Page the model in before the first caller (blocking); a remote engine does nothing."""
+        ...
+
     async def close(self) -> None: ...
 
 
 class TTS(Protocol):
     def voices(self) -> list[VoiceInfo]: ...
 
+    def resolve(self, voice: str) -> VoiceInfo:
+        """The voice with this id or alias; raise :class:`UnknownVoiceError` otherwise."""
+        ...
+
     def synthesize(self, text: str, *, voice: str, speed: float = 1.0) -> Iterator[PCM16]:
         """Yield one PCM16 chunk per sentence at the voice's native sample rate."""
+        ...
+
+
+class Inference(Protocol):
+    """The engines as calls and routes use them: asynchronous, bounded and shared by every call.
+
+    ``engines.runtime.Engines`` runs the blocking engines above in the inference executor;
+    the conversation's scripted tests run fakes with scripted latencies in virtual time.
+    """
+
+    metrics: Metrics
+    vad: VAD
+
+    @property
+    def asr_busy(self) -> bool:
+        """A decode is running now: optional work (partial transcripts) should wait."""
+        ...
+
+    async def transcribe(
+        self, audio: Float32, *, language: str | None = None, prompt: str | None = None
+    ) -> Transcript: ...
+
+    def synthesize(
+        self, text: str, *, voice: str, speed: float = 1.0, sample_rate: int | None = None
+    ) -> AsyncGenerator[PCM16, None]:
+        """Stream PCM16 phrase by phrase, resampled to ``sample_rate`` when given."""
+        ...
+
+    def generate(
+        self,
+        messages: list[ChatMessage],
+        *,
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+        stop: list[str] | None = None,
+    ) -> AsyncGenerator[str, None]:
+        """The LLM's text pieces; closing the generator stops generation."""
         ...

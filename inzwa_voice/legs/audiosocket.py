@@ -34,13 +34,13 @@ from typing import Final
 
 from aiohttp import web
 
-from inzwa_voice.api.keys import CALLS, SETTINGS
-from inzwa_voice.conversation.calls import CallManager, CallRejected
-from inzwa_voice.conversation.session import CallSession
-from inzwa_voice.engines.base import PCM16
-from inzwa_voice.legs.base import CallInfo, LegKind, ProtocolError
+from inzwa_voice.config import Settings
+from inzwa_voice.conversation.ports import Call, CallRejected, CallStarter
+from inzwa_voice.core import DTMF_DIGITS, FRAME_MS, PCM16, CallInfo, LegKind
+from inzwa_voice.legs.admission import admitted
+from inzwa_voice.legs.base import ProtocolError
 from inzwa_voice.legs.paced import CallerAudio, OutputLeg, PacedOutput
-from inzwa_voice.media.framing import FRAME_MS, Framer, bytes_to_pcm16, pcm16_to_bytes
+from inzwa_voice.media.framing import Framer, bytes_to_pcm16, pcm16_to_bytes
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +58,6 @@ IDLE_TIMEOUT_S: Final = 30.0
 WRITE_TIMEOUT_S: Final = 5.0
 MAX_PENDING: Final = 32
 """Connections that have not yet sent their UUID; beyond it new ones are refused at once."""
-
-DTMF_DIGITS: Final = frozenset("0123456789*#ABCD")
 
 
 class Kind(IntEnum):
@@ -140,7 +138,7 @@ async def read_frame(reader: asyncio.StreamReader) -> Frame:
 
 
 class AudioSocketLeg(OutputLeg):
-    """One AudioSocket connection as a :class:`~inzwa_voice.legs.base.Leg`."""
+    """One AudioSocket connection as a :class:`~inzwa_voice.conversation.ports.Leg`."""
 
     kind: LegKind = "audiosocket"
     _out: PacedOutput
@@ -149,7 +147,7 @@ class AudioSocketLeg(OutputLeg):
         self._writer = writer
         self._on_error = on_error
         self._framer = Framer(WIRE_FRAME_SAMPLES)
-        self._out = PacedOutput(self._send_audio, self._encode, self._marked, out_rate=SAMPLE_RATE)
+        self._out = PacedOutput(self._send_audio, self._encode, out_rate=SAMPLE_RATE)
         self._closed = False
         self._final_sent = False  # a hangup or error frame went out, or the peer already hung up
 
@@ -176,9 +174,9 @@ class AudioSocketLeg(OutputLeg):
             self._writer.transport.abort()  # the read loop sees the connection drop
             raise
 
-    def flush(self) -> int:
+    def interrupt(self) -> int:
         self._framer.flush(pad=False)  # a partial frame of the interrupted reply must not play
-        return super().flush()
+        return super().interrupt()
 
     async def send_event(self, event: dict[str, object]) -> None:
         """AudioSocket carries no events: audio, DTMF and hangup are all there is."""
@@ -214,7 +212,7 @@ class AudioSocketServer:
 
     def __init__(
         self,
-        calls: CallManager,
+        calls: CallStarter,
         *,
         start_timeout_s: float = START_TIMEOUT_S,
         idle_timeout_s: float = IDLE_TIMEOUT_S,
@@ -254,15 +252,15 @@ class AudioSocketServer:
         self._connections.add(task)
         leg = AudioSocketLeg(writer, self._error)
         try:
-            session = await self._start_call(reader, leg)
-            if session is not None:
-                await self._run_call(reader, leg, session)
+            call_uuid = await self._read_uuid(reader, leg)
+            if call_uuid is not None:
+                await self._run_call(reader, leg, call_uuid)
         finally:
             self._connections.discard(task)
             await leg.close("closed")
 
-    async def _start_call(self, reader: asyncio.StreamReader, leg: AudioSocketLeg) -> CallSession | None:
-        """Read the UUID and admit the call; None when the connection ends before a call."""
+    async def _read_uuid(self, reader: asyncio.StreamReader, leg: AudioSocketLeg) -> uuid.UUID | None:
+        """The call's UUID, the first frame; None when the connection ends before it."""
         if self._pending >= self.max_pending:
             self._error("too_many_pending")
             await leg.fail(ErrorCode.UNAVAILABLE)
@@ -289,30 +287,32 @@ class AudioSocketServer:
             return None
         finally:
             self._pending -= 1
-        call_uuid = uuid.UUID(bytes=first.payload)
-        try:
-            session = await self.calls.start(leg, CallInfo(leg="audiosocket", external_id=str(call_uuid)))
-        except CallRejected as exc:
+        return uuid.UUID(bytes=first.payload)
+
+    async def _run_call(self, reader: asyncio.StreamReader, leg: AudioSocketLeg, call_uuid: uuid.UUID) -> None:
+        """Admit the call and feed it until the connection ends; refused: an error frame."""
+
+        async def refuse(exc: CallRejected) -> None:
             log.info("audiosocket call refused", extra={"uuid": str(call_uuid), "reason": exc.code})
             await leg.fail(ErrorCode.UNAVAILABLE)
-            return None
-        leg.session = session
-        log.info("audiosocket call", extra={"call_id": session.id, "uuid": str(call_uuid)})
-        return session
 
-    async def _run_call(self, reader: asyncio.StreamReader, leg: AudioSocketLeg, session: CallSession) -> None:
-        disposition = "error"
-        try:
-            disposition = await self._receive(reader, leg, session)
-        except asyncio.CancelledError:
-            disposition = "shutdown"
-            raise
-        finally:
-            await session.hangup(disposition)
+        info = CallInfo(leg="audiosocket", external_id=str(call_uuid))
+        async with admitted(self.calls, leg, info, refuse) as call:
+            if call is None:
+                return
+            log.info("audiosocket call", extra={"call_id": call.id, "uuid": str(call_uuid)})
+            disposition = "error"
+            try:
+                disposition = await self._receive(reader, leg, call)
+            except asyncio.CancelledError:
+                disposition = "shutdown"
+                raise
+            finally:
+                await call.hangup(disposition)  # before admitted's own hang-up, with the real reason
 
-    async def _receive(self, reader: asyncio.StreamReader, leg: AudioSocketLeg, session: CallSession) -> str:
-        """Feed the peer's frames to the session until the call ends; returns the disposition."""
-        caller_audio = CallerAudio(session.feed, SAMPLE_RATE)
+    async def _receive(self, reader: asyncio.StreamReader, leg: AudioSocketLeg, call: Call) -> str:
+        """Feed the peer's frames to the call until it ends; returns the disposition."""
+        caller_audio = CallerAudio(call.feed, SAMPLE_RATE)
         unknown: set[int] = set()
         while True:
             try:
@@ -320,7 +320,7 @@ class AudioSocketServer:
                     frame = await read_frame(reader)
             except TimeoutError:
                 self._error("read_timeout")
-                return "error"  # the session's close sends the hangup frame
+                return "error"  # the call's close sends the hangup frame
             except ProtocolError as exc:
                 self._error(exc.code)
                 await leg.fail(ErrorCode.PROTOCOL)
@@ -338,7 +338,7 @@ class AudioSocketServer:
             elif frame.kind == Kind.DTMF:
                 digit = chr(frame.payload[0])
                 if digit in DTMF_DIGITS:
-                    session.dtmf(digit)
+                    call.dtmf(digit)
                 else:
                     self._error("bad_dtmf")
             elif frame.kind == Kind.HANGUP:
@@ -346,7 +346,7 @@ class AudioSocketServer:
                 return "caller_hangup"
             elif frame.kind == Kind.ERROR:
                 self._error("peer_error")
-                log.info("audiosocket peer error", extra={"call_id": session.id, "error": frame.payload.hex()})
+                log.info("audiosocket peer error", extra={"call_id": call.id, "error": frame.payload.hex()})
                 leg.peer_hung_up()
                 return "error"
             elif frame.kind == Kind.UUID:
@@ -355,21 +355,21 @@ class AudioSocketServer:
                 self._error("unknown_kind")
                 if frame.kind not in unknown:  # e.g. 0x11+ audio from a Dial(...c(slin16)): say so once
                     unknown.add(frame.kind)
-                    log.warning("audiosocket frame kind skipped", extra={"call_id": session.id, "kind": frame.kind})
+                    log.warning("audiosocket frame kind skipped", extra={"call_id": call.id, "kind": frame.kind})
 
 
 AUDIOSOCKET = web.AppKey("audiosocket", AudioSocketServer)
 
 
-def setup(app: web.Application) -> None:
-    """Serve AudioSocket beside the HTTP app; call after ``app[CALLS]`` is set.
+def setup(app: web.Application, calls: CallStarter, settings: Settings) -> None:
+    """Serve AudioSocket beside the HTTP app.
 
     The server object is stored under :data:`AUDIOSOCKET` at once (its ``port`` is set when it
-    listens), because an aiohttp app must not gain keys after it started. Start-up fails if the
-    port is taken: a gateway that silently lacks its Asterisk leg is worse than one that stops.
+    listens; ``/health`` reads it), because an aiohttp app must not gain keys after it started.
+    Start-up fails if the port is taken: a gateway that silently lacks its Asterisk leg is worse
+    than one that stops.
     """
-    settings = app[SETTINGS]
-    server = AudioSocketServer(app[CALLS])
+    server = AudioSocketServer(calls)
     app[AUDIOSOCKET] = server
     if not settings.audiosocket_enabled:
         return

@@ -1,22 +1,14 @@
-"""The contract between a transport leg and the call session.
+"""What the legs share beyond the ports: the protocol error they raise and one JSON reader.
 
-A leg owns its wire protocol, codec, sample rate and the real-time pacing of outbound audio.
-Towards the session it speaks one language: 20 ms frames of PCM16 mono at 16 kHz both ways,
-plus control events. The session never knows which transport carries the call, so SIP and
-WebRTC plug into the same session as the WebSocket, Twilio and AudioSocket legs.
-
-Inbound (leg → session): ``CallSession.feed(frame)``, ``.dtmf(digit)``, ``.hangup(reason)``.
-Outbound (session → leg): the ``Leg`` protocol below.
+The contract between a leg and its call lives in :mod:`inzwa_voice.conversation.ports` (the
+``Leg`` a call plays through, the ``Call`` a leg drives, the ``CallStarter`` that admits it), and
+the call types in :mod:`inzwa_voice.core`. This module holds only what every wire protocol needs.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Literal, Protocol
-
-from inzwa_voice.engines.base import PCM16
-
-LegKind = Literal["ws", "twilio", "audiosocket", "sip", "webrtc"]
+import json
+from typing import Any
 
 # WebSocket close code for a broken protocol (RFC 6455 leaves 4000-4999 to applications).
 CLOSE_PROTOCOL = 4400
@@ -32,42 +24,11 @@ class ProtocolError(Exception):
         self.close_code = close_code
 
 
-@dataclass(frozen=True)
-class CallInfo:
-    """Who is calling whom over what: the dialplan matches on these."""
-
-    leg: LegKind
-    caller: str = ""
-    dialled: str = ""
-    external_id: str = ""
-    params: dict[str, str] = field(default_factory=dict)
-
-
-class Leg(Protocol):
-    kind: LegKind
-
-    @property
-    def played_frames(self) -> int:
-        """Bot frames that have reached the caller so far (sent, or acknowledged where the
-        transport can tell, e.g. Twilio marks); the session cuts memory at this point."""
-        ...
-
-    async def play(self, frame: PCM16) -> None:
-        """Queue one 20 ms 16 kHz frame for real-time sending; waits while the queue is full."""
-        ...
-
-    def flush(self) -> int:
-        """Barge-in: drop every queued outbound frame now (Twilio also sends ``clear``)."""
-        ...
-
-    async def mark(self, name: str) -> None:
-        """Report ``name`` back through ``CallSession.marked`` once what is queued has played."""
-        ...
-
-    async def send_event(self, event: dict[str, object]) -> None:
-        """A JSON event for legs that carry them (native WebSocket, WebRTC data channel)."""
-        ...
-
-    async def close(self, reason: str) -> None:
-        """Hang up from our side; idempotent."""
-        ...
+def json_object(text: str | bytes) -> dict[str, Any] | None:
+    """``text`` parsed as a JSON object; None for anything else (not JSON, not UTF-8, an array,
+    a number), including nesting too deep to parse: 64 KiB of ``[`` must not end a call."""
+    try:
+        data = json.loads(text)
+    except (ValueError, RecursionError):
+        return None
+    return data if isinstance(data, dict) else None

@@ -3,24 +3,21 @@
 ``CallerAudio`` turns whatever a transport delivers (any rate, any chunk size) into the exact
 20 ms 16 kHz frames the session takes. ``PacedOutput`` serves every leg whose transport cannot
 report playback and that paces its own audio (WebSocket, AudioSocket): a frame counts as played
-when the pacer hands it to the wire, and a mark fires once every frame queued before it has gone
-out. ``OutputLeg`` gives any leg the Leg's audio methods over its output object, whether that is
-a ``PacedOutput``, the WebRTC track aiortc pulls from, or pjsua2's media port.
+when the pacer hands it to the wire. ``OutputLeg`` gives any leg the Leg's playout methods over
+its output object, whether that is a ``PacedOutput``, the WebRTC track aiortc pulls from, or
+pjsua2's media port: each keeps a :class:`~inzwa_voice.media.playout.Playout`.
 """
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
-from inzwa_voice.engines.base import PCM16
-from inzwa_voice.media.framing import FRAME_SAMPLES, PIPELINE_RATE, Framer
+from inzwa_voice.core import FRAME_SAMPLES, PCM16, PIPELINE_RATE
+from inzwa_voice.media.framing import Framer
 from inzwa_voice.media.pacer import Pacer
+from inzwa_voice.media.playout import Playout
 from inzwa_voice.media.resample import Resampler
-
-if TYPE_CHECKING:
-    from inzwa_voice.conversation.session import CallSession
 
 
 class CallerAudio:
@@ -42,45 +39,27 @@ class CallerAudio:
 
 
 class PacedOutput:
+    """Bot audio encoded and sent at real time; a frame counts as played once it is sent."""
+
     def __init__(
         self,
         send: Callable[[bytes], Awaitable[None]],
         encode: Callable[[PCM16], bytes],
-        on_mark: Callable[[str], None],
         *,
-        out_rate: int = 16000,
+        out_rate: int = PIPELINE_RATE,
         lead_frames: int = 3,
     ) -> None:
         self._encode = encode
-        self._on_mark = on_mark
-        self._resampler = Resampler(16000, out_rate)
-        self._marks: deque[tuple[int, str]] = deque()
-        self._last_index = -1
-        self._pacer: Pacer[bytes] = Pacer(send, lead_frames=lead_frames, on_sent=self._sent)
-
-    @property
-    def played_frames(self) -> int:
-        return self._pacer.frames_sent
+        self._resampler = Resampler(PIPELINE_RATE, out_rate)
+        self.playout = Playout()
+        self._pacer: Pacer[bytes] = Pacer(send, lead_frames=lead_frames, on_sent=lambda _: self.playout.advance())
 
     async def play(self, frame: PCM16) -> None:
-        self._last_index = await self._pacer.enqueue(self._encode(self._resampler.process(frame)))
+        await self._pacer.enqueue(self._encode(self._resampler.process(frame)))
 
-    def flush(self) -> int:
+    def flush(self) -> None:
         self._resampler.reset()
-        for _, name in self._marks:
-            self._on_mark(name)  # nothing before them will play: they are as done as they get
-        self._marks.clear()
-        return self._pacer.flush()
-
-    async def mark(self, name: str) -> None:
-        if self._pacer.queued == 0:
-            self._on_mark(name)
-        else:
-            self._marks.append((self._last_index, name))
-
-    def _sent(self, index: int) -> None:
-        while self._marks and self._marks[0][0] <= index:
-            self._on_mark(self._marks.popleft()[1])
+        self._pacer.flush()
 
     async def close(self) -> None:
         await self._pacer.close()
@@ -89,35 +68,39 @@ class PacedOutput:
 class LegOutput(Protocol):
     """Where a leg's bot audio goes, and what it knows of its playback."""
 
-    @property
-    def played_frames(self) -> int: ...
+    playout: Playout
 
-    async def play(self, frame: PCM16) -> None: ...
+    async def play(self, frame: PCM16) -> None:
+        """Queue one frame; the output advances ``playout`` as frames reach the caller."""
+        ...
 
-    def flush(self) -> int: ...
-
-    async def mark(self, name: str) -> None: ...
+    def flush(self) -> None:
+        """Drop every frame not yet sent."""
+        ...
 
 
 class OutputLeg:
-    """The Leg's audio methods, delegated to the leg's output object ``_out``."""
+    """The Leg's playout methods over the leg's output object ``_out``."""
 
-    session: CallSession | None = None
     _out: LegOutput
 
     @property
     def played_frames(self) -> int:
-        return self._out.played_frames
+        return self._out.playout.played
 
-    def _marked(self, name: str) -> None:
-        if self.session is not None:
-            self.session.marked(name)
-
-    async def play(self, frame: PCM16) -> None:
+    async def play(self, frame: PCM16) -> int:
+        # Counted before it is handed over: the output may send it before ``play`` returns.
+        position = self._out.playout.queue()
         await self._out.play(frame)
+        return position
 
-    def flush(self) -> int:
-        return self._out.flush()
+    def interrupt(self) -> int:
+        self._out.flush()
+        return self._out.playout.interrupt()
 
-    async def mark(self, name: str) -> None:
-        await self._out.mark(name)
+    async def wait_for_playout(self, position: int) -> bool:
+        return await self._out.playout.wait_for(position)
+
+    async def transfer(self, target: str) -> bool:
+        """Most transports cannot hand a caller on by themselves: the event tells the client."""
+        return False

@@ -1,30 +1,35 @@
 """The SIP leg: calls from phones, PBXs and trunks, answered by a pjsua2 endpoint in this process.
 
 An INVITE rings at once (180), is routed by the dialplan on its Request-URI user (the number
-dialled) and From user (the caller), starts a session, and is answered (200 OK); the caller's
-Call-ID is the call's ``external_id``. After that:
+dialled) and From user (the caller), starts a call through the one admission path
+(``legs.admission``), and is answered (200 OK); the caller's Call-ID is the call's
+``external_id``. The call lives in one task from INVITE to hang-up (pjsua2 only reports through
+callbacks, which set what that task waits on), so the call is hung up on every path. After the
+answer:
 
-* BYE from the caller ends the session (``caller_hangup``); a session that ends (goodbye, idle,
-  admin hangup, transfer) sends BYE. CANCEL before the answer gets pjsua2's 487, and a session
+* BYE from the caller ends the call (``caller_hangup``); a call that ends (goodbye, idle,
+  admin hangup, transfer) sends BYE. CANCEL before the answer gets pjsua2's 487, and a call
   that was starting meanwhile ends at once.
 * re-INVITEs (hold, unhold, a new codec) are answered by pjsua2; the call's audio follows the
   stream to its new bridge slot (``sip.endpoint``).
-* DTMF, RFC 4733 or SIP INFO ``application/dtmf-relay``, becomes ``session.dtmf``.
+* DTMF, RFC 4733 or SIP INFO ``application/dtmf-relay``, becomes ``Call.dtmf``.
+* Bot audio counts as played when pjsua2's conference bridge takes it (``sip.media``).
 * A transfer to a human (DTMF 0, a crisis) is a blind REFER to the profile's transfer target.
   It succeeded when the caller's side reports the new call answered (a final NOTIFY with a 2xx
-  sipfrag); then the session ends and we hang up. A refused REFER, a failed or missing final
+  sipfrag); then the call ends and we hang up. A refused REFER, a failed or missing final
   report keeps the caller with the bot: a helpline must not drop a caller on a failed transfer.
+  Either way the outcome is a ``transfer_result`` event in the call record.
 
 Refusals: the build takes 4 calls; pjsua2 answers a fifth INVITE ``486 Busy Here`` itself
 (counted as ``calls_rejected{leg="sip",reason="capacity"}``). 486 is pjsua2's choice, made
 before any callback; it also suits a proxy in front (Kamailio's dispatcher fails over on 486
-like on 503 when told to). A call the session manager refuses (its ``max_sessions``, or a
+like on 503 when told to). A call the call manager refuses (its ``max_sessions``, or a
 shutdown drain) gets ``503 Service Unavailable`` with ``Retry-After``: the server, not the
 callee, is busy, and a proxy tries another gateway. An offer without PCMU, PCMA or G.722 gets
 ``488 Not Acceptable Here``.
 
 Access: ``sip_allowed_sources`` (IPs, CIDRs) limits who may call; an INVITE from elsewhere gets
-``403 Forbidden`` from the endpoint before any session (``calls_rejected{reason="forbidden"}``).
+``403 Forbidden`` from the endpoint before any call (``calls_rejected{reason="forbidden"}``).
 A trunk that wants us registered gets ``sip_registrar`` and digest credentials; the state is in
 ``/health`` (:meth:`SipServer.registration_health`) and the gauge ``inzwa_sip_registered``.
 
@@ -54,13 +59,11 @@ from typing import Any, Final
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Gauge
 
-from inzwa_voice.api.keys import CALLS, SETTINGS
 from inzwa_voice.config import Settings
-from inzwa_voice.conversation.calls import CallManager, CallRejected
-from inzwa_voice.conversation.session import CallSession
-from inzwa_voice.legs.base import CallInfo, LegKind
+from inzwa_voice.conversation.ports import Call, CallRejected, CallStarter
+from inzwa_voice.core import DTMF_DIGITS, PIPELINE_RATE, CallInfo, LegKind
+from inzwa_voice.legs.admission import admitted
 from inzwa_voice.legs.paced import CallerAudio, OutputLeg
-from inzwa_voice.media.framing import PIPELINE_RATE
 from inzwa_voice.sip.endpoint import (
     EndpointClosed,
     EndpointConfig,
@@ -82,7 +85,9 @@ REJECTED: Final = {486: "capacity", 488: "codec"}
 """pjsua2's own refusals (``onRejectedIncomingCall``) as ``calls_rejected`` reasons."""
 TRANSFER_TIMEOUT_S: Final = 45.0
 """How long a transfer may take to be reported done: the target may ring for a while."""
-DTMF_DIGITS: Final = frozenset("0123456789*#ABCD")
+SIP_DTMF_DIGITS: Final = DTMF_DIGITS | frozenset("ABCD")
+"""RFC 4733 and SIP INFO carry A-D too: valid on the wire (not counted as ``bad_dtmf``), and
+handed to the call, which acts on the keypad digits only."""
 MAX_CALL_ID: Final = 128
 
 _GAUGES: weakref.WeakKeyDictionary[CollectorRegistry, Gauge] = weakref.WeakKeyDictionary()
@@ -102,23 +107,25 @@ def registered_gauge(registry: CollectorRegistry) -> Gauge:
 
 
 class SipLeg(OutputLeg):
-    """One SIP call as a :class:`~inzwa_voice.legs.base.Leg`; its audio is a ``MediaPipe``."""
+    """One SIP call as a :class:`~inzwa_voice.conversation.ports.Leg`; its audio is a ``MediaPipe``."""
 
     kind: LegKind = "sip"
+    _out: MediaPipe
 
     def __init__(self, key: int, endpoint: SipEndpoint, pipe: MediaPipe) -> None:
         self.key = key
+        self.call: Call | None = None
         self.gone = False
         """The far end hung up (BYE, CANCEL) or the call failed: nothing more goes out."""
         self._endpoint = endpoint
-        self._pipe = pipe
         self._out = pipe
         self._closed = False
+        self._over = asyncio.Event()
         self._transfer: asyncio.Future[tuple[int, str]] | None = None
 
-    def attach(self, session: CallSession) -> None:
-        self.session = session
-        self._pipe.connect(CallerAudio(session.feed, PIPELINE_RATE).push, session.marked)
+    def attach(self, call: Call) -> None:
+        self.call = call
+        self._out.connect(CallerAudio(call.feed, PIPELINE_RATE).push)
 
     async def send_event(self, event: dict[str, object]) -> None:
         """SIP carries no JSON events: audio, DTMF, transfer and hangup are all there is."""
@@ -127,20 +134,26 @@ class SipLeg(OutputLeg):
         if self._closed:
             return
         self._closed = True
-        self._pipe.close()
+        self._over.set()
+        self._out.close()
         if not self.gone:
             with contextlib.suppress(EndpointClosed):
                 await self._endpoint.hangup(self.key)
 
     def far_end_gone(self) -> None:
         self.gone = True
-        self._pipe.close()
+        self._over.set()
+        self._out.close()
         self.transfer_status(0, "the call ended", final=True)
+
+    async def over(self) -> None:
+        """Return once either side has hung up."""
+        await self._over.wait()
 
     async def transfer(self, target: str) -> bool:
         """Blind transfer by REFER; True once the caller's side reports the target answered."""
-        session = self.session
-        if session is None or self.gone or self._transfer is not None:
+        call = self.call
+        if call is None or self.gone or self._transfer is not None:
             return False
         uri = refer_uri(target)
         self._transfer = asyncio.get_running_loop().create_future()
@@ -157,8 +170,8 @@ class SipLeg(OutputLeg):
             self._transfer = None
         ok = 200 <= status < 300
         outcome: dict[str, object] = {"target": uri, "ok": ok, "status": status, "reason": reason}
-        log.info("sip transfer", extra={"call_id": session.id, **outcome})
-        await session.manager.record_event(session, "transfer_result", outcome)
+        log.info("sip transfer", extra={"call_id": call.id, **outcome})
+        await call.record_event("transfer_result", outcome)
         return ok
 
     def transfer_status(self, status: int, reason: str, final: bool) -> None:
@@ -169,9 +182,9 @@ class SipLeg(OutputLeg):
 
 
 class SipServer:
-    """Runs the pjsua2 endpoint and turns its calls into sessions; the endpoint's listener."""
+    """Runs the pjsua2 endpoint and turns its calls into calls; the endpoint's listener."""
 
-    def __init__(self, calls: CallManager, config: EndpointConfig) -> None:
+    def __init__(self, calls: CallStarter, config: EndpointConfig) -> None:
         self.calls = calls
         self.endpoint = SipEndpoint(self, config)
         self._legs: dict[int, SipLeg] = {}
@@ -201,8 +214,8 @@ class SipServer:
             async with asyncio.timeout(timeout_s):
                 await self._no_calls.wait()
         for leg in list(self._legs.values()):
-            if leg.session is not None:
-                await leg.session.end("shutdown")
+            if leg.call is not None:
+                await leg.call.end("shutdown")
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.ensure_future(coro)
@@ -217,35 +230,49 @@ class SipServer:
         leg = SipLeg(key, self.endpoint, pipe)
         self._legs[key] = leg
         self._no_calls.clear()
-        self._spawn(self._admit(leg, call))
+        self._spawn(self._serve(leg, call))
 
-    async def _admit(self, leg: SipLeg, call: IncomingCall) -> None:
+    async def _serve(self, leg: SipLeg, incoming: IncomingCall) -> None:
+        """One SIP call from its INVITE to its end, in one task: admitted, answered, then held
+        until either side hangs up. pjsua2's callbacks only set what this task waits on, so
+        leaving the admitted block hangs the call up on every path (BYE, CANCEL, our hang-up,
+        a failed answer, the endpoint stopping)."""
         info = CallInfo(
             leg="sip",
-            caller=uri_user(call.from_header),
-            dialled=uri_user(call.request_uri),
-            external_id=call.call_id[:MAX_CALL_ID],
+            caller=uri_user(incoming.from_header),
+            dialled=uri_user(incoming.request_uri),
+            external_id=incoming.call_id[:MAX_CALL_ID],
         )
-        extra = {"sip_call": leg.key, "caller": info.caller, "dialled": info.dialled, "source": call.source}
-        try:
-            session = await self.calls.start(leg, info)
-        except CallRejected as exc:
+        extra = {"sip_call": leg.key, "caller": info.caller, "dialled": info.dialled, "source": incoming.source}
+
+        async def refuse(exc: CallRejected) -> None:
             log.info("sip call refused", extra={**extra, "reason": exc.code})
-            retry = {"Retry-After": str(RETRY_AFTER_S.get(exc.code, 5))}
-            await self.endpoint.answer(leg.key, 503, retry)
-            return
+            await self.endpoint.answer(leg.key, 503, {"Retry-After": str(RETRY_AFTER_S.get(exc.code, 5))})
+
+        try:
+            async with admitted(self.calls, leg, info, refuse) as call:
+                if call is None:
+                    return
+                leg.attach(call)
+                log.info("sip call", extra={**extra, "call_id": call.id})
+                if leg.gone:  # CANCEL (or a dropped INVITE) while the call was starting
+                    return
+                if not await self.endpoint.answer(leg.key, 200):
+                    if not leg.gone:
+                        self._error("answer_failed")
+                        await call.end("error")
+                    return
+                await leg.over()
+        except EndpointClosed:
+            log.info("sip endpoint stopped during a call", extra=extra)
         except Exception:
+            if leg.call is not None:
+                log.exception("sip call failed", extra=extra)
+                return
             log.exception("sip call failed to start", extra=extra)
             self._error("start_failed")
-            await self.endpoint.answer(leg.key, 500)
-            return
-        leg.attach(session)
-        log.info("sip call", extra={**extra, "call_id": session.id})
-        if leg.gone:  # CANCEL (or a dropped INVITE) while the session was starting
-            await session.hangup("caller_hangup")
-        elif not await self.endpoint.answer(leg.key, 200) and not leg.gone:
-            self._error("answer_failed")
-            await session.end("error")
+            with contextlib.suppress(EndpointClosed):
+                await self.endpoint.answer(leg.key, 500)
 
     def ended(self, key: int, status: int, reason: str) -> None:
         leg = self._legs.pop(key, None)
@@ -253,17 +280,15 @@ class SipServer:
             self._no_calls.set()
         if leg is None:
             return
-        leg.far_end_gone()
-        if leg.session is not None:  # already ended if the hangup was ours
-            self._spawn(leg.session.hangup("caller_hangup"))
+        leg.far_end_gone()  # its task leaves the admitted block, which hangs the call up
         log.info("sip call ended", extra={"sip_call": key, "status": status, "reason": reason})
 
     def dtmf(self, key: int, digit: str) -> None:
         leg = self._legs.get(key)
-        if leg is None or leg.session is None:
+        if leg is None or leg.call is None:
             return
-        if digit in DTMF_DIGITS:
-            leg.session.dtmf(digit)
+        if digit in SIP_DTMF_DIGITS:
+            leg.call.dtmf(digit)
         else:
             self._error("bad_dtmf")
 
@@ -292,15 +317,15 @@ class SipServer:
     def media_stats(self, key: int, stats: RtpStats) -> None:
         """A media stream ended: its packet counts go to ``inzwa_sip_rtp_packets`` and, as an
         ``rtp`` event, to the call record (one per stream: a re-INVITE may replace it). They
-        come before the call's end, but after the session ended when the hang-up was ours."""
+        come before the SIP call's end, but after the call ended when the hang-up was ours."""
         packets = self.calls.metrics.rtp_packets
         packets.labels("rx", "received").inc(stats.rx_packets)
         packets.labels("rx", "lost").inc(stats.rx_lost)
         packets.labels("rx", "discarded").inc(stats.rx_discarded)
         packets.labels("tx", "sent").inc(stats.tx_packets)
         leg = self._legs.get(key)
-        if leg is not None and leg.session is not None:
-            self._spawn(self.calls.record_event(leg.session, "rtp", stats.as_dict()))
+        if leg is not None and leg.call is not None:
+            self._spawn(leg.call.record_event("rtp", stats.as_dict()))
 
     def rejected(self, status: int, reason: str) -> None:
         self.calls.metrics.calls_rejected.labels("sip", REJECTED.get(status, "invalid")).inc()
@@ -330,14 +355,14 @@ def registration(settings: Settings) -> Registration | None:
     )
 
 
-def setup(app: web.Application) -> None:
-    """Run the SIP endpoint beside the HTTP app; call after ``app[CALLS]`` is set and before the
-    app's own ``on_shutdown`` handler that ends all calls, so the drain comes first.
+def setup(app: web.Application, calls: CallStarter, settings: Settings) -> None:
+    """Run the SIP endpoint beside the HTTP app; call before the app's own ``on_shutdown``
+    handler that ends all calls, so the drain comes first.
 
-    The server object is stored under :data:`SIP` at once (its ``port`` is set when it listens).
-    Start-up fails if the port is taken, like AudioSocket's.
+    The server object is stored under :data:`SIP` at once (its ``port`` is set when it listens),
+    enabled or not: ``/health`` reads its port and registration there. Start-up fails if the
+    port is taken, like AudioSocket's.
     """
-    settings = app[SETTINGS]
     config = EndpointConfig(
         host=settings.sip_host,
         port=settings.sip_port,
@@ -346,7 +371,7 @@ def setup(app: web.Application) -> None:
         allowed_sources=parse_sources(settings.sip_allowed_sources),
         registration=registration(settings),
     )
-    server = SipServer(app[CALLS], config)
+    server = SipServer(calls, config)
     app[SIP] = server
     if not settings.sip_enabled:
         return

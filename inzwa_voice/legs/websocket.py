@@ -11,27 +11,29 @@ from __future__ import annotations
 
 import contextlib
 import hmac
-import json
 import logging
-from typing import Any
+from typing import Any, Final
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
-from inzwa_voice.api.keys import CALLS, SETTINGS
-from inzwa_voice.conversation.calls import CallRejected
-from inzwa_voice.conversation.session import CallSession
-from inzwa_voice.legs.base import CLOSE_PROTOCOL, CallInfo, LegKind, ProtocolError
+from inzwa_voice.config import Settings
+from inzwa_voice.conversation.ports import Call, CallRejected, CallStarter
+from inzwa_voice.core import DTMF_DIGITS, PIPELINE_RATE, CallInfo, LegKind
+from inzwa_voice.legs.admission import admitted
+from inzwa_voice.legs.base import CLOSE_PROTOCOL, ProtocolError, json_object
 from inzwa_voice.legs.paced import CallerAudio, OutputLeg, PacedOutput
 from inzwa_voice.media.framing import bytes_to_pcm16, pcm16_to_bytes
 
 log = logging.getLogger(__name__)
 
-SAMPLE_RATES = (8000, 16000, 24000, 48000)
-MAX_MESSAGE_BYTES = 64 * 1024
-START_TIMEOUT_S = 10.0
+PATH: Final = "/v1/ws"
+SAMPLE_RATES: Final = (8000, 16000, 24000, 48000)
+MAX_MESSAGE_BYTES: Final = 64 * 1024
+START_TIMEOUT_S: Final = 10.0
+HEARTBEAT_S: Final = 30.0
 
 # Close codes beyond RFC 6455's: 4400 protocol violation (legs.base), 4401 authentication failed.
-CLOSE_AUTH = 4401
+CLOSE_AUTH: Final = 4401
 
 
 class WebSocketLeg(OutputLeg):
@@ -40,7 +42,7 @@ class WebSocketLeg(OutputLeg):
 
     def __init__(self, ws: web.WebSocketResponse, sample_rate: int) -> None:
         self._ws = ws
-        self._out = PacedOutput(self._send_audio, pcm16_to_bytes, self._marked, out_rate=sample_rate)
+        self._out = PacedOutput(self._send_audio, pcm16_to_bytes, out_rate=sample_rate)
         self._closed = False
 
     async def _send_audio(self, data: bytes) -> None:
@@ -60,15 +62,15 @@ class WebSocketLeg(OutputLeg):
         await self._ws.close(code=WSCloseCode.OK, message=reason.encode()[:120])
 
 
-def _parse_start(data: dict[str, Any], request: web.Request) -> tuple[CallInfo, int]:
-    settings = request.app[SETTINGS]
+def parse_start(data: dict[str, Any], settings: Settings) -> tuple[CallInfo, int]:
+    """The call and the client's sample rate from its ``start`` message."""
     if settings.api_keys:
         presented = str(data.get("auth") or "")
         if not any(presented and hmac.compare_digest(presented.encode(), k.encode()) for k in settings.api_keys):
             raise ProtocolError("unauthorized", "start.auth is missing or not a valid API key", CLOSE_AUTH)
     if data.get("codec", "pcm16") != "pcm16":
         raise ProtocolError("unsupported_codec", "codec must be 'pcm16'")
-    rate = data.get("sample_rate", 16000)
+    rate = data.get("sample_rate", PIPELINE_RATE)
     if rate not in SAMPLE_RATES:
         raise ProtocolError("unsupported_sample_rate", f"sample_rate must be one of {SAMPLE_RATES}")
     info = CallInfo(
@@ -80,7 +82,7 @@ def _parse_start(data: dict[str, Any], request: web.Request) -> tuple[CallInfo, 
     return info, int(rate)
 
 
-async def _receive_start(ws: web.WebSocketResponse, request: web.Request) -> tuple[CallInfo, int]:
+async def _receive_start(ws: web.WebSocketResponse, settings: Settings) -> tuple[CallInfo, int]:
     try:
         msg = await ws.receive(timeout=START_TIMEOUT_S)
     except TimeoutError:
@@ -89,18 +91,10 @@ async def _receive_start(ws: web.WebSocketResponse, request: web.Request) -> tup
         raise ProtocolError("not_started", "binary audio before the start message")
     if msg.type != WSMsgType.TEXT:
         raise ProtocolError("not_started", "the connection closed before the start message")
-    data = _json(msg.data)
+    data = json_object(msg.data)
     if data is None or data.get("type") != "start":
         raise ProtocolError("not_started", "the first message must be {'type': 'start', ...}")
-    return _parse_start(data, request)
-
-
-def _json(text: str) -> dict[str, Any] | None:
-    try:
-        data = json.loads(text)
-    except ValueError:
-        return None
-    return data if isinstance(data, dict) else None
+    return parse_start(data, settings)
 
 
 async def _error(ws: web.WebSocketResponse, code: str, message: str, recoverable: bool) -> None:
@@ -109,67 +103,78 @@ async def _error(ws: web.WebSocketResponse, code: str, message: str, recoverable
             await ws.send_json({"type": "error", "code": code, "message": message, "recoverable": recoverable})
 
 
-async def websocket_call(request: web.Request) -> web.WebSocketResponse:
-    ws = web.WebSocketResponse(heartbeat=30.0, max_msg_size=MAX_MESSAGE_BYTES)
-    await ws.prepare(request)
-    calls = request.app[CALLS]
-    try:
-        info, rate = await _receive_start(ws, request)
+class WebSocketRoutes:
+    """``GET /v1/ws``, with what it needs from ``app.py``."""
+
+    def __init__(self, calls: CallStarter, settings: Settings) -> None:
+        self.calls = calls
+        self.settings = settings
+
+    async def call(self, request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse(heartbeat=HEARTBEAT_S, max_msg_size=MAX_MESSAGE_BYTES)
+        await ws.prepare(request)
+        try:
+            info, rate = await _receive_start(ws, self.settings)
+        except ProtocolError as exc:
+            self.calls.metrics.call_errors.labels("ws", exc.code).inc()
+            await _error(ws, exc.code, str(exc), False)
+            await ws.close(code=exc.close_code, message=exc.code.encode())
+            return ws
+
+        async def refuse(exc: CallRejected) -> None:
+            await _error(ws, exc.code, str(exc), False)
+            await ws.close(code=WSCloseCode.TRY_AGAIN_LATER, message=exc.code.encode())
+
         leg = WebSocketLeg(ws, rate)
-        session = await calls.start(leg, info)
-    except ProtocolError as exc:
-        calls.metrics.call_errors.labels("ws", exc.code).inc()
-        await _error(ws, exc.code, str(exc), False)
-        await ws.close(code=exc.close_code, message=exc.code.encode())
+        async with admitted(self.calls, leg, info, refuse) as call:
+            if call is not None:
+                # Inside the admitted block: a client gone before it hears this still frees its slot.
+                await leg.send_event({"type": "session.started", "call_id": call.id, "profile": call.profile.name})
+                await self._serve(ws, call, rate)
         return ws
-    except CallRejected as exc:
-        await _error(ws, exc.code, str(exc), False)
-        await ws.close(code=WSCloseCode.TRY_AGAIN_LATER, message=exc.code.encode())
-        return ws
-    leg.session = session
-    await ws.send_json({"type": "session.started", "call_id": session.id, "profile": session.profile.name})
-    try:
-        await _serve(ws, session, rate)
-    finally:
-        await session.hangup("caller_hangup")
-    return ws
 
+    async def _serve(self, ws: web.WebSocketResponse, call: Call, rate: int) -> None:
+        """Read the client's messages until it stops, hangs up, breaks the protocol or the call ends."""
+        audio = CallerAudio(call.feed, rate)
+        errors = self.calls.metrics.call_errors
 
-async def _serve(ws: web.WebSocketResponse, session: CallSession, rate: int) -> None:
-    """Read the client's messages until it stops, hangs up, breaks the protocol or the call ends."""
-    audio = CallerAudio(session.feed, rate)
-    metrics = session.manager.metrics
-    async for msg in ws:
-        if msg.type == WSMsgType.BINARY:
-            try:
-                pcm = bytes_to_pcm16(msg.data)
-            except ValueError:
-                metrics.call_errors.labels("ws", "odd_length").inc()
-                await _error(ws, "odd_length", "PCM16 frames must have an even number of bytes", False)
-                await ws.close(code=CLOSE_PROTOCOL, message=b"odd_length")
+        async def recoverable(code: str, message: str) -> None:
+            errors.labels("ws", code).inc()
+            await _error(ws, code, message, True)
+
+        async for msg in ws:
+            if msg.type == WSMsgType.BINARY:
+                try:
+                    pcm = bytes_to_pcm16(msg.data)
+                except ValueError:
+                    errors.labels("ws", "odd_length").inc()
+                    await _error(ws, "odd_length", "PCM16 frames must have an even number of bytes", False)
+                    await ws.close(code=CLOSE_PROTOCOL, message=b"odd_length")
+                    return
+                audio.push(pcm)
+            elif msg.type == WSMsgType.TEXT:
+                data = json_object(msg.data)
+                kind = data.get("type") if data else None
+                if data is None:
+                    await recoverable("invalid_json", "control messages must be JSON objects")
+                elif kind == "stop":
+                    await call.end("caller_hangup")
+                    return
+                elif kind == "dtmf":
+                    digit = data.get("digit")
+                    if isinstance(digit, str) and digit in DTMF_DIGITS:
+                        call.dtmf(digit)
+                    else:
+                        await recoverable("bad_dtmf", "dtmf.digit must be one keypad digit: 0-9, * or #")
+                elif kind == "end_turn":
+                    audio.flush()
+                    call.end_turn()
+                else:
+                    await recoverable("unknown_type", f"unknown message type {str(kind)[:40]!r}")
+            elif msg.type == WSMsgType.ERROR:
+                log.info("websocket error", extra={"call_id": call.id, "error": str(ws.exception())})
                 return
-            audio.push(pcm)
-        elif msg.type == WSMsgType.TEXT:
-            data = _json(msg.data)
-            kind = data.get("type") if data else None
-            if data is None:
-                metrics.call_errors.labels("ws", "invalid_json").inc()
-                await _error(ws, "invalid_json", "control messages must be JSON objects", True)
-            elif kind == "stop":
-                await session.end("caller_hangup")
-                return
-            elif kind == "dtmf" and isinstance(data.get("digit"), str) and data["digit"] in "0123456789*#":
-                session.dtmf(data["digit"])
-            elif kind == "end_turn":
-                audio.flush()
-                session.end_turn()
-            else:
-                metrics.call_errors.labels("ws", "unknown_type").inc()
-                await _error(ws, "unknown_type", f"unknown message type {str(kind)[:40]!r}", True)
-        elif msg.type == WSMsgType.ERROR:
-            log.info("websocket error", extra={"call_id": session.id, "error": str(ws.exception())})
-            return
 
 
-def add_routes(app: web.Application) -> None:
-    app.router.add_get("/v1/ws", websocket_call)
+def add_routes(app: web.Application, calls: CallStarter, settings: Settings) -> None:
+    app.router.add_get(PATH, WebSocketRoutes(calls, settings).call)

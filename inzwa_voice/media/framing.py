@@ -5,6 +5,9 @@ TTS sentence, a resampler's uneven output); VAD, the pacer and every codec want 
 :class:`Framer` is the one place that re-cuts a stream, so no stage has to think about
 remainders. The wire format of PCM16 is little-endian everywhere we meet it (WAV, AudioSocket,
 the native WebSocket), so the byte helpers say so explicitly instead of trusting the host.
+
+The frame constants are the core's (one definition of a frame for every layer), re-exported
+here for the media code that cuts frames.
 """
 
 from __future__ import annotations
@@ -14,14 +17,17 @@ from typing import Final
 import numpy as np
 from numpy.typing import NDArray
 
-PIPELINE_RATE: Final = 16000
-"""Sample rate of every PCM frame inside the gateway."""
-FRAME_MS: Final = 20
-"""Duration of one pipeline frame."""
-FRAME_SAMPLES: Final = PIPELINE_RATE * FRAME_MS // 1000
-"""320 samples: one pipeline frame."""
-FRAME_BYTES: Final = FRAME_SAMPLES * 2
-"""640 bytes: one pipeline frame as PCM16."""
+from inzwa_voice.core import FRAME_BYTES, FRAME_MS, FRAME_SAMPLES, PIPELINE_RATE
+
+__all__ = [
+    "FRAME_BYTES",
+    "FRAME_MS",
+    "FRAME_SAMPLES",
+    "PIPELINE_RATE",
+    "Framer",
+    "bytes_to_pcm16",
+    "pcm16_to_bytes",
+]
 
 _EMPTY: Final = np.zeros(0, dtype=np.int16)
 

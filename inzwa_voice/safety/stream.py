@@ -20,6 +20,9 @@ MAX_PHRASE_CHARS = 160
 # The first phrase of an answer may also end at a comma once it is this long: the caller hears
 # the answer begin a sentence sooner, which is most of the perceived latency.
 FIRST_CLAUSE_CHARS = 20
+# Later phrases end at a comma only once they are this long: a phrase is the unit the TTS speaks
+# and a barge-in cuts, so a long sentence is better heard (and cut) in clauses.
+CLAUSE_CHARS = 48
 # A model that writes slowly without punctuation still reaches the caller: after this long
 # since a phrase began, it is cut at the last space.
 PHRASE_TIME_CAP_S = 2.0
@@ -44,11 +47,18 @@ _MARKUP = re.compile(r"</?[a-z][^<>\n]{0,200}>|[*_`#~]|[\x00-\x08\x0b-\x1f\x7f]"
 
 
 class PhraseSplitter:
-    """Accumulates tokens and hands out complete phrases of at most ``cap`` characters."""
+    """Accumulates tokens and hands out complete phrases of at most ``cap`` characters.
 
-    def __init__(self, cap: int = MAX_PHRASE_CHARS, first_clause: int = FIRST_CLAUSE_CHARS) -> None:
+    This is the gateway's one phrase splitter: REST answers stream in its phrases, and calls
+    synthesize and account for exactly these phrases.
+    """
+
+    def __init__(
+        self, cap: int = MAX_PHRASE_CHARS, first_clause: int = FIRST_CLAUSE_CHARS, clause: int = CLAUSE_CHARS
+    ) -> None:
         self._cap = cap
         self._first_clause = first_clause
+        self._clause = clause
         self._buffer = ""
         self._first = True
 
@@ -82,10 +92,9 @@ class PhraseSplitter:
         match = _PHRASE_END.search(self._buffer)
         if match is not None and match.end() <= self._cap:
             return match.end()
-        if self._first:
-            clause = _CLAUSE_END.search(self._buffer, self._first_clause)
-            if clause is not None and clause.end() <= self._cap:
-                return clause.end()
+        clause = _CLAUSE_END.search(self._buffer, self._first_clause if self._first else self._clause)
+        if clause is not None and clause.end() <= self._cap:
+            return clause.end()
         if len(self._buffer) <= self._cap:
             return None
         # Too long without an end: cut after the last whitespace in the window, or mid-word when

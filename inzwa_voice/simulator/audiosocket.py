@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from inzwa_voice.engines.base import PCM16
+from inzwa_voice.core import PCM16
 from inzwa_voice.legs.audiosocket import (
     HANGUP_FRAME,
     SAMPLE_RATE,

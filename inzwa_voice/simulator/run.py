@@ -13,7 +13,6 @@ import asyncio
 import statistics
 import time
 import urllib.parse
-import wave
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,9 +20,9 @@ from typing import Any
 
 import aiohttp
 import numpy as np
-import soxr
 
 from inzwa_voice.engines.base import PCM16
+from inzwa_voice.media.wavfile import read_wav
 from inzwa_voice.simulator.audiosocket import AudioSocketCaller
 from inzwa_voice.simulator.caller import FRAME_MS, Caller
 from inzwa_voice.simulator.twilio import twilio_caller
@@ -72,16 +71,6 @@ async def tts(http: aiohttp.ClientSession, base_url: str, text: str, rate: int, 
     async with http.post(base_url + "/v1/tts", json=body) as resp:
         resp.raise_for_status()
         return np.frombuffer(await resp.read(), dtype="<i2").copy()
-
-
-def read_wav(path: Path, rate: int) -> PCM16:
-    with wave.open(str(path)) as wav:
-        if wav.getsampwidth() != 2:
-            raise ValueError(f"{path}: only 16-bit PCM WAV files are supported")
-        audio = np.frombuffer(wav.readframes(wav.getnframes()), dtype="<i2").reshape(-1, wav.getnchannels())
-        mono = audio.mean(axis=1).astype(np.float32)
-        resampled = soxr.resample(mono, wav.getframerate(), rate)
-    return np.asarray(np.clip(resampled, -32768, 32767), dtype=np.int16)
 
 
 def first_audio_after(caller: Caller, media_ms: int) -> float | None:

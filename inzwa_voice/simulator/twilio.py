@@ -30,8 +30,9 @@ from typing import Any
 
 import aiohttp
 
-from inzwa_voice.engines.base import PCM16
-from inzwa_voice.legs.twilio import MEDIA_FORMAT, MEDIA_PATH, SAMPLE_RATE, signature
+from inzwa_voice.core import PCM16
+from inzwa_voice.legs.twilio import MEDIA_PATH
+from inzwa_voice.legs.twilio_protocol import MEDIA_FORMAT, SAMPLE_RATE, signature
 from inzwa_voice.media.g711 import ulaw_decode, ulaw_encode
 from inzwa_voice.simulator.caller import FRAME_MS, Caller
 

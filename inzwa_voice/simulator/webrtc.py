@@ -25,7 +25,7 @@ from aiortc import MediaStreamTrack, RTCConfiguration, RTCDataChannel, RTCPeerCo
 from aiortc.mediastreams import MediaStreamError
 from av import AudioFrame
 
-from inzwa_voice.engines.base import PCM16
+from inzwa_voice.core import PCM16
 from inzwa_voice.legs.webrtc import OPUS_RATE, downmix, restrict_host_candidates
 from inzwa_voice.simulator.caller import Caller
 
@@ -44,7 +44,12 @@ class OfferRefused(Exception):
 
 
 class MicrophoneTrack(MediaStreamTrack):
-    """The caller's microphone: frames pushed by the caller's pacing loop, pulled by aiortc."""
+    """The caller's microphone: frames pushed by the caller's pacing loop, pulled by aiortc.
+
+    ``end()`` ends it the way a page's track ends (a microphone unplugged, a permission
+    revoked): what was pushed before still goes out, then the track stops and aiortc sends no
+    more RTP, while the peer connection and its data channel stay up.
+    """
 
     kind = "audio"
 
@@ -52,10 +57,20 @@ class MicrophoneTrack(MediaStreamTrack):
         super().__init__()
         self._rate = rate
         self._time_base = Fraction(1, rate)
-        self._frames: asyncio.Queue[PCM16] = asyncio.Queue(_MAX_QUEUED)
+        self._frames: asyncio.Queue[PCM16 | None] = asyncio.Queue(_MAX_QUEUED)  # None: the end
+        self._ending = False
         self._pts = 0
 
     def push(self, frame: PCM16) -> None:
+        if not self._ending:
+            self._put(frame)
+
+    def end(self) -> None:
+        if not self._ending:
+            self._ending = True
+            self._put(None)
+
+    def _put(self, frame: PCM16 | None) -> None:
         if self._frames.full():  # not connected yet: keep the newest second, as a live line would
             self._frames.get_nowait()
         self._frames.put_nowait(frame)
@@ -64,6 +79,9 @@ class MicrophoneTrack(MediaStreamTrack):
         if self.readyState != "live":
             raise MediaStreamError
         pcm = await self._frames.get()
+        if pcm is None:
+            self.stop()
+            raise MediaStreamError
         frame = AudioFrame.from_ndarray(pcm.reshape(1, -1), format="s16", layout="mono")
         frame.sample_rate = self._rate
         frame.time_base = self._time_base
@@ -142,6 +160,11 @@ class WebRTCCaller(Caller):
 
     async def send_frame(self, frame: PCM16) -> None:
         self._mic.push(frame)
+
+    def end_microphone(self) -> None:
+        """The page's microphone track ends after what was said so far: no more audio is sent,
+        not even silence, and the call goes on."""
+        self._mic.end()
 
     async def send_json(self, message: dict[str, Any]) -> None:
         assert self._channel is not None

@@ -1,4 +1,10 @@
-"""A caller over the native WebSocket leg (``GET /v1/ws``)."""
+"""A caller over the native WebSocket leg (``GET /v1/ws``).
+
+By default it sends a frame every 20 ms for the whole call, silence included, like a phone. With
+``dtx=True`` it sends only frames that carry sound, like a client with discontinuous
+transmission, a muted microphone or a stalled network: after the caller's last word the gateway
+hears nothing more, and must end the turn on its own clock.
+"""
 
 from __future__ import annotations
 
@@ -10,13 +16,14 @@ from typing import Any
 import aiohttp
 import numpy as np
 
-from inzwa_voice.engines.base import PCM16
+from inzwa_voice.core import PCM16
 from inzwa_voice.simulator.caller import Caller
 
 
 class WsCaller(Caller):
-    def __init__(self, http: aiohttp.ClientSession, url: str, *, rate: int = 16000) -> None:
+    def __init__(self, http: aiohttp.ClientSession, url: str, *, rate: int = 16000, dtx: bool = False) -> None:
         super().__init__(rate)
+        self.dtx = dtx
         self._http = http
         self._url = url
         self._ws: aiohttp.ClientWebSocketResponse | None = None
@@ -33,6 +40,8 @@ class WsCaller(Caller):
         return started
 
     async def send_frame(self, frame: PCM16) -> None:
+        if self.dtx and not frame.any():
+            return  # nothing to hear, so nothing sent (the media clock still runs)
         if self._ws is not None and not self._ws.closed:
             await self._ws.send_bytes(frame.astype("<i2").tobytes())
 

@@ -13,9 +13,10 @@ only add a second conversion (and for 8 kHz codecs a third, as the bridge would 
 8 kHz back to its 16 kHz clock).
 
 Outbound pacing is the bridge's: it pulls one frame per tick, so the bot's audio leaves in real
-time by construction. :class:`MediaPipe` holds a bounded queue for it (the session's ``play``
-waits while it is full), returns nothing on underrun (the bridge then sends silence), counts a
-frame as played when the bridge takes it, and fires marks from that count.
+time by construction. :class:`MediaPipe` holds a bounded queue for it (the call's ``play``
+waits while it is full), returns nothing on underrun (the bridge then sends silence), and
+advances its :class:`~inzwa_voice.media.playout.Playout` as the bridge takes each frame (on the
+loop: the clock thread only posts it there).
 """
 
 from __future__ import annotations
@@ -29,8 +30,9 @@ from typing import Any, Final
 
 import pjsua2 as pj
 
-from inzwa_voice.engines.base import PCM16
-from inzwa_voice.media.framing import FRAME_BYTES, FRAME_MS, PIPELINE_RATE, bytes_to_pcm16, pcm16_to_bytes
+from inzwa_voice.core import FRAME_BYTES, FRAME_MS, PCM16, PIPELINE_RATE
+from inzwa_voice.media.framing import bytes_to_pcm16, pcm16_to_bytes
+from inzwa_voice.media.playout import Playout
 
 OUT_FRAMES: Final = 25
 """Bot frames queued ahead of the bridge: 500 ms rides out a busy event loop. Barge-in drops
@@ -69,24 +71,26 @@ vector_bytes: Final = _pick_vector_reader()
 class MediaPipe:
     """The frames of one call, shared by the clock thread and the loop.
 
-    Thread safety rests on ``deque.append``/``popleft`` being atomic: the loop appends bot
-    frames and pops them on a flush, the clock thread pops them to send, and neither waits.
-    Everything else (counts, marks, the inbound sink) is touched on the loop only; the clock
-    thread reaches it through ``call_soon_threadsafe``.
+    Thread safety rests on ``deque.append``/``popleft``/``clear`` being atomic: the loop appends
+    bot frames and clears them on a flush, the clock thread pops them to send, and neither
+    waits. Everything else (the playout, the inbound sink) is touched on the loop only; the
+    clock thread reaches it through ``call_soon_threadsafe``.
+
+    Each queued frame carries the flush generation it was queued in. A frame the bridge took
+    just before a flush is reported after it, when the interrupted playout has already settled
+    what was heard: such a report is dropped, so ``playout`` may count one frame less than the
+    caller heard, never one more.
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop, capacity: int = OUT_FRAMES) -> None:
+        self.playout = Playout()
         self._loop = loop
         self._capacity = capacity
         self._out: deque[tuple[int, bytes]] = deque()
         self._sink: Callable[[PCM16], None] | None = None
-        self._on_mark: Callable[[str], None] | None = None
-        self._marks: deque[tuple[int, str]] = deque()
         self._space = asyncio.Event()
-        self._seq = 0  # the last frame queued
-        self._done = 0  # every frame up to this one was played or dropped
+        self._generation = 0
         self._closed = False
-        self.played_frames = 0
 
     # ----- clock thread -----
     def _post(self, callback: Callable[[Any], None], arg: object) -> None:
@@ -99,72 +103,51 @@ class MediaPipe:
     def requested(self) -> bytes | None:
         """The next bot frame, or None: nothing queued (the bridge sends silence)."""
         try:
-            seq, data = self._out.popleft()
+            generation, data = self._out.popleft()
         except IndexError:
             return None
-        self._post(self._played, seq)
+        self._post(self._taken, generation)
         return data
 
     # ----- loop -----
-    def connect(self, sink: Callable[[PCM16], None], on_mark: Callable[[str], None]) -> None:
-        """Start delivering the caller's frames to ``sink`` and marks to ``on_mark``."""
+    def connect(self, sink: Callable[[PCM16], None]) -> None:
+        """Start delivering the caller's frames to ``sink``."""
         self._sink = sink
-        self._on_mark = on_mark
 
     def _deliver(self, data: bytes) -> None:
         if self._sink is not None and not self._closed:
             self._sink(bytes_to_pcm16(data[: len(data) - len(data) % 2]))
 
-    def _played(self, seq: int) -> None:
-        self.played_frames += 1
-        self._done = max(self._done, seq)
-        self._fire_marks()
+    def _taken(self, generation: int) -> None:
+        if generation == self._generation:
+            self.playout.advance()
         self._space.set()
 
-    def _fire_marks(self) -> None:
-        while self._marks and self._marks[0][0] <= self._done:
-            self._mark(self._marks.popleft()[1])
-
-    def _mark(self, name: str) -> None:
-        if self._on_mark is not None:
-            self._on_mark(name)
-
     async def play(self, frame: PCM16) -> None:
-        """Queue one 20 ms 16 kHz frame; waits while the queue is full (the bridge drains it)."""
+        """Queue one 20 ms 16 kHz frame; waits while the queue is full (the bridge drains it).
+        A frame whose queue was flushed while it waited is dropped; once the pipe is closed,
+        nothing queued will play."""
+        generation = self._generation
         while len(self._out) >= self._capacity and not self._closed:
             self._space.clear()
             await self._space.wait()
-        if not self._closed:
-            self._seq += 1
-            self._out.append((self._seq, pcm16_to_bytes(frame)))
+        if self._closed:
+            self.playout.interrupt()
+        elif generation == self._generation:
+            self._out.append((generation, pcm16_to_bytes(frame)))
 
-    def flush(self) -> int:
-        """Drop every queued frame; marks waiting on them fire (nothing before them will play)."""
-        dropped = 0
-        while True:
-            try:
-                seq, _ = self._out.popleft()
-            except IndexError:
-                break
-            dropped += 1
-            self._done = max(self._done, seq)
-        for _, name in self._marks:
-            self._mark(name)
-        self._marks.clear()
+    def flush(self) -> None:
+        """Drop every queued frame (barge-in)."""
+        self._generation += 1
+        self._out.clear()
         self._space.set()
-        return dropped
-
-    async def mark(self, name: str) -> None:
-        if self._done >= self._seq:
-            self._mark(name)
-        else:
-            self._marks.append((self._seq, name))
 
     def close(self) -> None:
-        """No more audio either way: queued frames are dropped, marks fire, a waiting ``play``
-        returns, and later ones queue nothing."""
+        """No more audio either way: queued frames are dropped, waits on the playout end
+        (nothing more will play), a waiting ``play`` returns, and later ones queue nothing."""
         self._closed = True
         self.flush()
+        self.playout.interrupt()
 
 
 class AudioPort(pj.AudioMediaPort):  # type: ignore[misc]  # pjsua2 ships no type information

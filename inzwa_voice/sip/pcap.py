@@ -25,7 +25,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from inzwa_voice.media.g711 import alaw_encode, ulaw_encode
-from inzwa_voice.simulator.run import read_wav
+from inzwa_voice.media.wavfile import read_wav
 
 Codec = Literal["pcmu", "pcma"]
 

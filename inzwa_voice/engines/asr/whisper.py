@@ -6,11 +6,14 @@ language for Whisper, and without these the decoder can loop on one phrase for s
 
 from __future__ import annotations
 
+from concurrent.futures import Executor
 from pathlib import Path
 
 from faster_whisper import WhisperModel
 
-from inzwa_voice.engines.base import Float32, Segment, Transcript
+from inzwa_voice.config import Settings
+from inzwa_voice.engines import models
+from inzwa_voice.engines.base import Float32, ModelInfo, Segment, Transcript
 
 SAMPLE_RATE = 16000
 
@@ -40,8 +43,7 @@ class WhisperASR:
             num_workers=workers,
             local_files_only=True,
         )
-        self.language = language
-        self.languages = set(self._model.supported_languages)
+        self._language = language
         self._beam_size = beam_size
         self._max_new_tokens = max_new_tokens
         self._initial_prompt = initial_prompt
@@ -55,7 +57,7 @@ class WhisperASR:
         prompt: str | None = None,
         max_new_tokens: int | None = None,
     ) -> Transcript:
-        lang = language or self.language
+        lang = language or self._language
         segments, info = self._model.transcribe(
             audio,
             language=lang,
@@ -79,3 +81,24 @@ class WhisperASR:
             language=info.language,
             duration_s=float(info.duration),
         )
+
+
+def load(settings: Settings, executor: Executor) -> tuple[WhisperASR, ModelInfo]:
+    """``asr_engine = "whisper"``: the packaged multilingual base unless ``asr_model_path`` names a
+    CTranslate2 model folder (a Shona fine-tune, a larger Whisper)."""
+    model_dir = settings.asr_model_path or models.whisper_base_dir(settings.data_dir)
+    asr = WhisperASR(
+        model_dir,
+        device=settings.asr_device,
+        compute_type=settings.asr_compute_type,
+        threads=settings.asr_threads,
+        workers=max(1, settings.inference_workers // 2),
+        language=settings.language,
+        beam_size=settings.asr_beam_size,
+        max_new_tokens=settings.asr_max_new_tokens,
+        initial_prompt=settings.asr_initial_prompt,
+        hotwords=settings.asr_hotwords,
+    )
+    digest = models.verified_digest(model_dir / "model.bin")
+    name = "whisper-base" if settings.asr_model_path is None else model_dir.name
+    return asr, models.file_info(name, "asr", model_dir, digest, ["transcription", "sn", "en"])

@@ -3,25 +3,70 @@
 One ``Llama`` context serves the whole process, so generations are serialised by a lock; each
 runs in a worker thread and checks the stop event between tokens, which is how a barge-in or a
 client disconnect stops the model within one token.
+
+Two ways to prompt, picked per model:
+
+* ``chat``: an instruction-tuned model (the packaged Qwen2.5 0.5B Instruct) is prompted through
+  the chat template its GGUF carries, rendered by llama-cpp-python's own ``Jinja2ChatFormatter``
+  exactly as its ``create_chat_completion`` does. The engine renders and tokenizes the prompt
+  itself so it can drop the oldest turns until the prompt fits the context, and so an
+  assistant prefill continues inside the assistant's turn.
+* ``transcript``: a base model (the packaged Gemma 3 270M) continues a helpline transcript
+  (``prompt.render``).
+
+The KV cache: llama-cpp-python keeps the previous prompt's evaluated tokens and re-evaluates
+only what follows the longest common prefix. Every prompt starts with its system part, which
+changes only with the profile (see ``grounding.grounded_messages``), so a turn evaluates only the
+new facts and question; ``warm`` fills the cache with the default grounded system part.
 """
 
 from __future__ import annotations
 
+import asyncio
 import threading
-from collections.abc import AsyncGenerator, Iterator
+from collections.abc import AsyncGenerator, Callable, Iterator, Mapping
 from concurrent.futures import Executor
 from contextlib import aclosing
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from llama_cpp import Llama
+from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
 from inzwa_voice.aio import iterate_in_thread, with_deadlines
-from inzwa_voice.engines.base import DEFAULT_GENERATION, ChatMessage, GenerationDefaults
-from inzwa_voice.engines.llm import prompt
+from inzwa_voice.config import Settings
+from inzwa_voice.engines import models
+from inzwa_voice.engines.base import DEFAULT_GENERATION, ChatMessage, GenerationDefaults, ModelInfo
+from inzwa_voice.engines.grounding import grounded_messages
+from inzwa_voice.engines.llm import generation_defaults, prompt
+
+PromptFormat = Literal["chat", "transcript"]
+
+
+@dataclass(frozen=True)
+class PackagedModel:
+    """A GGUF that ships inside packages: where it is assembled from, and how it is prompted."""
+
+    locate: Callable[[Path], tuple[Path, str]]  # data_dir -> (verified GGUF, its SHA256)
+    prompt_format: PromptFormat
+
+
+# The values of ``Settings.llm_model``; a test keeps the two in step.
+PACKAGED: Mapping[str, PackagedModel] = {
+    "qwen2.5-0.5b-instruct": PackagedModel(models.qwen_instruct_gguf, "chat"),
+    "gemma3-270m": PackagedModel(models.gemma_gguf, "transcript"),
+}
 
 
 class PromptTooLongError(ValueError):
     pass
+
+
+@dataclass(frozen=True)
+class _Prompt:
+    tokens: list[int]
+    stop: list[str]
 
 
 class LlamaCppLLM:
@@ -30,11 +75,13 @@ class LlamaCppLLM:
         model_path: Path,
         executor: Executor,
         *,
+        name: str | None = None,
+        prompt_format: PromptFormat | Literal["auto"] = "auto",
         n_ctx: int = 2048,
         threads: int = 2,
         defaults: GenerationDefaults = DEFAULT_GENERATION,
     ) -> None:
-        self.name = model_path.stem
+        self.name = name or model_path.stem
         self._llm = Llama(
             model_path=str(model_path),
             n_ctx=n_ctx,
@@ -42,27 +89,64 @@ class LlamaCppLLM:
             n_threads_batch=threads,
             verbose=False,
         )
+        template = self._llm.metadata.get("tokenizer.chat_template")
+        if prompt_format == "auto":
+            prompt_format = "chat" if template else "transcript"
+        self._chat: Jinja2ChatFormatter | None = None
+        self._eos = self._token_text(self._llm.token_eos())
+        if prompt_format == "chat":
+            if not template:
+                self._llm.close()
+                raise models.ModelError(f"{model_path} carries no chat template: prompt it as a transcript")
+            self._chat = Jinja2ChatFormatter(
+                template=template, eos_token=self._eos, bos_token=self._token_text(self._llm.token_bos())
+            )
+        self.prompt_format: PromptFormat = prompt_format
         self._lock = threading.Lock()
         self._executor = executor
         self._n_ctx = n_ctx
         self._defaults = defaults
 
-    def _fit(self, messages: list[ChatMessage], max_tokens: int) -> str:
+    def _token_text(self, token: int) -> str:
+        return "" if token < 0 else self._llm.detokenize([token], special=True).decode("utf-8", "replace")
+
+    def _render_chat(self, chat: Jinja2ChatFormatter, messages: list[ChatMessage]) -> _Prompt:
+        """The chat template's prompt: one system message first (the request's, else the default)."""
+        system = "\n\n".join(m.content.strip() for m in messages if m.role == "system") or self._defaults.system_prompt
+        turns = [m for m in messages if m.role != "system"]
+        prefill = turns.pop().content if turns and turns[-1].role == "assistant" else ""
+        rendered = [{"role": "system", "content": system}] if system else []
+        rendered += [{"role": m.role, "content": m.content} for m in turns]
+        text = chat(messages=rendered).prompt + prefill  # type: ignore[arg-type]
+        # The template writes its own special tokens (as llama-cpp-python's chat handler assumes).
+        return _Prompt(self._llm.tokenize(text.encode(), add_bos=False, special=True), [self._eos])
+
+    def _render(self, messages: list[ChatMessage]) -> _Prompt:
+        if self._chat is not None:
+            return self._render_chat(self._chat, messages)
+        text = prompt.render(messages, self._defaults.system_prompt)
+        return _Prompt(self._llm.tokenize(text.encode(), add_bos=True), list(prompt.STOP_SEQUENCES))
+
+    def _fit(self, messages: list[ChatMessage], max_tokens: int) -> _Prompt:
         """Render the prompt, dropping the oldest turns until it leaves room for the answer."""
         turns = sum(1 for m in messages if m.role != "system")
-        for keep in range(turns, 0, -1):
-            text = prompt.render(prompt.trim_history(messages, keep), self._defaults.system_prompt)
-            if len(self._llm.tokenize(text.encode(), add_bos=True)) + max_tokens <= self._n_ctx:
-                return text
+        for keep in range(max(turns, 1), 0, -1):
+            rendered = self._render(prompt.trim_history(messages, keep))
+            if len(rendered.tokens) + max_tokens <= self._n_ctx:
+                return rendered
         raise PromptTooLongError(f"the last message does not fit the {self._n_ctx}-token context")
 
     def _generate(
         self, messages: list[ChatMessage], max_tokens: int, temperature: float, stop: list[str]
     ) -> Iterator[str]:
         with self._lock:
-            text = self._fit(messages, max_tokens)
+            rendered = self._fit(messages, max_tokens)
             for chunk in self._llm.create_completion(
-                text, max_tokens=max_tokens, temperature=temperature, stop=stop, stream=True
+                rendered.tokens,
+                max_tokens=max_tokens,
+                temperature=temperature,
+                stop=rendered.stop + stop,
+                stream=True,
             ):
                 piece = str(chunk["choices"][0]["text"])  # type: ignore[index]
                 if piece:
@@ -79,7 +163,7 @@ class LlamaCppLLM:
         d = self._defaults
         limit = max_tokens or d.max_tokens
         temp = d.temperature if temperature is None else temperature
-        stops = prompt.STOP_SEQUENCES + (stop or [])
+        stops = list(stop or [])
 
         def factory(stop_event: threading.Event) -> Iterator[str]:
             for piece in self._generate(messages, limit, temp, stops):
@@ -93,10 +177,69 @@ class LlamaCppLLM:
             async for piece in limited:
                 yield piece
 
-    def warm(self) -> None:
-        """Evaluate a short prompt once so weights are paged in before the first caller."""
+    def count_tokens(self, text: str) -> int:
+        """How many tokens ``text`` is to this model (benchmarks count generated tokens with it)."""
+        return len(self._llm.tokenize(text.encode(), add_bos=False))
+
+    def prompt_tokens(self, messages: list[ChatMessage], max_tokens: int | None = None) -> list[int]:
+        """The tokens the model would be prompted with for ``messages`` (after fitting the context)."""
+        return self._fit(messages, max_tokens or self._defaults.max_tokens).tokens
+
+    def reset_cache(self) -> None:
+        """Forget the evaluated prompt, so the next one is evaluated from its first token."""
         with self._lock:
-            self._llm.create_completion("Hello", max_tokens=1)
+            self._llm.reset()  # type: ignore[no-untyped-call]
+
+    def warm(self) -> None:
+        """Page the weights in and leave the default grounded system part in the KV cache."""
+        warmup = grounded_messages("Hello?", [], [], self._defaults.system_prompt)
+        with self._lock:
+            rendered = self._render(warmup)
+            for _ in self._llm.create_completion(rendered.tokens, max_tokens=1, stream=True):
+                pass
 
     async def close(self) -> None:
-        self._llm.close()
+        """Free the model once no thread is using it: a stopped stream's thread may still be
+        evaluating its last token, and freeing the model under it corrupts the heap."""
+
+        def free() -> None:
+            with self._lock:
+                self._llm.close()
+
+        await asyncio.to_thread(free)
+
+
+def _operator_model(path: Path) -> Path:
+    if not path.is_file():
+        problem = "is a folder" if path.is_dir() else "does not exist"
+        raise models.ModelError(f"INZWA_LLM_MODEL_PATH={path}: {problem}; point it at a GGUF model file")
+    return path
+
+
+def load(settings: Settings, executor: Executor) -> tuple[LlamaCppLLM, ModelInfo]:
+    """``llm_engine = "llama-cpp"``: the packaged ``llm_model``, or the GGUF at ``llm_model_path``."""
+    name: str | None
+    if settings.llm_model_path:
+        gguf, digest, name = _operator_model(settings.llm_model_path), None, None
+        fmt: PromptFormat | Literal["auto"] = settings.llm_prompt_format
+    else:
+        packaged = PACKAGED[settings.llm_model]
+        (gguf, digest), name = packaged.locate(settings.data_dir), settings.llm_model
+        fmt = packaged.prompt_format if settings.llm_prompt_format == "auto" else settings.llm_prompt_format
+    try:
+        llm = LlamaCppLLM(
+            gguf,
+            executor,
+            name=name,
+            prompt_format=fmt,
+            n_ctx=settings.llm_context,
+            threads=settings.llm_threads,
+            defaults=generation_defaults(settings),
+        )
+    except models.ModelError as exc:
+        raise models.ModelError(f"INZWA_LLM_PROMPT_FORMAT={fmt}: {exc}") from None
+    except ValueError as exc:  # llama-cpp-python's "Failed to load model from file"
+        setting = f"INZWA_LLM_MODEL_PATH={gguf}" if settings.llm_model_path else f"INZWA_LLM_MODEL={name} ({gguf})"
+        raise models.ModelError(f"{setting}: llama.cpp cannot load it as a GGUF model: {exc}") from exc
+    capabilities = ["chat", "completion", "chat-template" if llm.prompt_format == "chat" else "transcript"]
+    return llm, models.file_info(llm.name, "llm", gguf, digest, capabilities)

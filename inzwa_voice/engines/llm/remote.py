@@ -10,12 +10,15 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncGenerator
+from concurrent.futures import Executor
 from contextlib import aclosing
 
 import aiohttp
 
 from inzwa_voice.aio import with_deadlines
-from inzwa_voice.engines.base import DEFAULT_GENERATION, ChatMessage, GenerationDefaults
+from inzwa_voice.config import Settings
+from inzwa_voice.engines.base import DEFAULT_GENERATION, ChatMessage, GenerationDefaults, ModelInfo
+from inzwa_voice.engines.llm import generation_defaults
 
 
 class RemoteLLMError(RuntimeError):
@@ -110,6 +113,29 @@ class OpenAICompatibleLLM:
             async for piece in limited:
                 yield piece
 
+    def warm(self) -> None:
+        """Nothing to page in here: the server keeps its own model loaded."""
+
     async def close(self) -> None:
         if self._session is not None:
             await self._session.close()
+
+
+def load(settings: Settings, executor: Executor) -> tuple[OpenAICompatibleLLM, ModelInfo]:
+    """``llm_engine = "openai"``: generation on the server at ``llm_base_url`` (vLLM on a GPU)."""
+    llm = OpenAICompatibleLLM(
+        settings.llm_base_url,
+        model=settings.llm_remote_model,
+        api_key=settings.llm_api_key,
+        connect_retries=settings.llm_connect_retries,
+        defaults=generation_defaults(settings),
+    )
+    info = ModelInfo(
+        id=settings.llm_remote_model,
+        kind="llm",
+        path=settings.llm_base_url,
+        size_bytes=0,
+        sha256=None,
+        capabilities=["chat", "remote"],
+    )
+    return llm, info

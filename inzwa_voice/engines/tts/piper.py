@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections.abc import Iterator
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,10 +20,10 @@ import onnxruntime as ort
 from piper.config import PiperConfig, SynthesisConfig
 from piper.voice import PiperVoice
 
-from inzwa_voice.engines.base import PCM16, VoiceInfo
+from inzwa_voice.config import Settings
+from inzwa_voice.engines import models
+from inzwa_voice.engines.base import OPENAI_VOICE_NAMES, PCM16, ModelInfo, UnknownVoiceError, VoiceInfo
 
-# OpenAI's voice names, accepted by /v1/audio/speech and mapped to the default English voice.
-OPENAI_VOICE_NAMES = ("alloy", "ash", "ballad", "coral", "echo", "fable", "nova", "onyx", "sage", "shimmer")
 SPEED_MIN, SPEED_MAX = 0.25, 4.0
 
 
@@ -35,10 +36,6 @@ class VoiceSpec:
     espeak_voice: str
     description: str = ""
     aliases: tuple[str, ...] = ()
-
-
-class UnknownVoiceError(KeyError):
-    pass
 
 
 class PiperTTS:
@@ -87,3 +84,13 @@ class PiperTTS:
         syn = SynthesisConfig(length_scale=piper_voice.config.length_scale / speed)
         for chunk in piper_voice.synthesize(text, syn):
             yield np.asarray(chunk.audio_int16_array, dtype=np.int16)
+
+
+def load(settings: Settings, executor: Executor) -> tuple[PiperTTS, ModelInfo]:
+    """``tts_engine = "piper"``: the packaged joe voice, in English and reading Shona text."""
+    model, config = models.piper_joe()
+    specs = [
+        VoiceSpec("joe", model, config, "en", "en-us", "US English, male (Piper joe medium)", OPENAI_VOICE_NAMES),
+        VoiceSpec("joe-sn", model, config, "sn", "sw", "Shona text read by the joe voice (espeak-ng sw)"),
+    ]
+    return PiperTTS(specs, threads=settings.tts_threads), models.file_info(model.stem, "tts", model, None, ["speech"])

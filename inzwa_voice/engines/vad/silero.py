@@ -7,12 +7,15 @@ Silero expects in front of every 512-sample frame at 16 kHz.
 
 from __future__ import annotations
 
+from concurrent.futures import Executor
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 
-from inzwa_voice.engines.base import Float32
+from inzwa_voice.config import Settings
+from inzwa_voice.engines import models
+from inzwa_voice.engines.base import Float32, ModelInfo
 
 SAMPLE_RATE = 16000
 FRAME_SAMPLES = 512
@@ -41,8 +44,6 @@ class SileroStream:
 
 
 class SileroVAD:
-    sample_rate = SAMPLE_RATE
-
     def __init__(self, model_path: Path) -> None:
         opts = ort.SessionOptions()
         # One thread: VAD runs per 32 ms frame on its own schedule and must never wait
@@ -53,3 +54,9 @@ class SileroVAD:
 
     def stream(self) -> SileroStream:
         return SileroStream(self._session)
+
+
+def load(settings: Settings, executor: Executor) -> tuple[SileroVAD, ModelInfo]:
+    """``vad_engine = "silero"``: the packaged model unless ``vad_model_path`` names another."""
+    path = settings.vad_model_path or models.silero_onnx()
+    return SileroVAD(path), models.file_info("silero-vad", "vad", path, None, ["vad"])

@@ -1,0 +1,309 @@
+"""What the gateway answers: the safety layer, the caller's intents, the helpline's authored
+knowledge, and the LLM only where nothing matched, grounded on the closest entries.
+
+No packaged model writes or reliably hears Shona, so everything a Shona caller hears comes from
+authored text: a confident match speaks its entry; an unsure one asks "do you mean ...?"; no
+match offers a person and the keypad menu. An English question nothing covers may go to the
+LLM with the closest entries as its only facts, and a number, time or phone number in its answer
+that is not in those facts replaces the answer with the authored "I don't know that, shall I
+connect you to a counsellor?". The same brain serves calls and ``POST /v1/chat``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncGenerator, Mapping
+from contextlib import aclosing
+from dataclasses import dataclass, field
+from typing import Literal
+
+from inzwa_voice.conversation.reply import ReplyInfo, safe_reply
+from inzwa_voice.core import Profile
+from inzwa_voice.engines.base import ChatMessage, Inference
+from inzwa_voice.engines.grounding import grounded_messages
+from inzwa_voice.knowledge.base import Action, Entry, KnowledgeBase
+from inzwa_voice.knowledge.match import Matcher, understand
+from inzwa_voice.safety import Safety
+
+SourceKind = Literal["knowledge", "intent", "safety", "llm", "fallback"]
+GROUNDED_LANGUAGES = ("en",)
+"""Languages the packaged LLM may answer in (it writes no Shona)."""
+MISUNDERSTOOD_BEFORE_MENU = 2
+FACTS = 3
+CLARIFY_FLOOR = 0.3
+"""An unsure match this close is worth "do you mean ...?"; below it, an English question goes to
+the grounded LLM (a Shona one still gets the clarifying question: nothing else can answer it)."""
+
+_NUMBERISH = re.compile(
+    r"\d+(?:[:.,]\d+)*|\b(?:zero|one|two|three|four|five|six|seven|eight|nine|ten|eleven|twelve|"
+    r"thirteen|fourteen|fifteen|sixteen|seventeen|eighteen|nineteen|twenty|thirty|forty|fifty|"
+    r"sixty|seventy|eighty|ninety|hundred|thousand|noon|midnight)\b",
+    re.IGNORECASE,
+)
+_CAPITALISED = re.compile(r"(?<![.!?]\s)(?<!^)\b[A-Z][a-z]{2,}\b")
+_ALWAYS_FINE = frozenset({"English", "Shona", "Please", "Sorry", "Hello"})
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where an answer came from: shown in the call record, the call's events and ``/v1/chat``."""
+
+    kind: SourceKind
+    id: str | None = None
+
+    def public(self) -> dict[str, object]:
+        return {"kind": self.kind, "id": self.id}
+
+
+@dataclass
+class Answer:
+    """One answer: an authored ``text`` (pre-synthesized, starts at once), or ``phrases`` streamed
+    from the LLM; ``action`` is what the call does once it has been heard."""
+
+    source: Source
+    text: str | None = None
+    phrases: AsyncGenerator[str, None] | None = None
+    action: Action | None = None
+    language: str | None = None  # for action "language": the call's new language
+    info: ReplyInfo = field(default_factory=ReplyInfo)
+
+
+@dataclass
+class Dialog:
+    """What one conversation remembers between turns, beyond its messages."""
+
+    last_answer: str | None = None
+    pending: Entry | Literal["transfer"] | None = None  # what a "yes" confirms
+    misunderstood: int = 0
+
+
+@dataclass(frozen=True)
+class Knowledge:
+    """A loaded knowledge base with its matcher, and what fills its placeholders."""
+
+    base: KnowledgeBase
+    matcher: Matcher
+    placeholders: Mapping[str, Mapping[str, str]]  # language -> name -> value
+
+    def fill(self, text: str, language: str, **extra: str) -> str:
+        values = {**self.placeholders.get(language, {}), **extra}
+        return re.sub(r"\{(\w+)\}", lambda m: values.get(m.group(1), m.group(0)), text)
+
+    def text(self, name: str, language: str, **extra: str) -> str:
+        return self.fill(self.base.text(name, language), language, **extra)
+
+    def answer(self, entry: Entry, language: str, *, open_now: bool) -> str:
+        answers = entry.answers_closed if not open_now and entry.answers_closed else entry.answers
+        text = answers.get(language) or answers.get(self.base.languages[0]) or next(iter(answers.values()), "")
+        return self.fill(text, language)
+
+
+class Brain:
+    def __init__(self, inference: Inference, safety: Safety, intents: tuple[Entry, ...]) -> None:
+        self._inference = inference
+        self._safety = safety
+        self.intents = intents
+        self._intents = Matcher(intents)
+
+    def intent(self, intent_id: str) -> Entry | None:
+        return next((e for e in self.intents if e.id == intent_id), None)
+
+    def answer(
+        self,
+        text: str,
+        *,
+        profile: Profile,
+        language: str,
+        knowledge: Knowledge | None,
+        dialog: Dialog,
+        history: list[ChatMessage],
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+    ) -> Answer:
+        """Decide what to say to ``text``; ``history`` holds the turns before it; ``max_tokens``
+        and ``temperature`` bound the LLM when it answers."""
+        limits = (max_tokens, temperature)
+        verdict = self._safety.check_input(text, language)
+        if verdict.action != "allow":
+            info = ReplyInfo(action=verdict.action, category=verdict.category, transfer=verdict.transfer)
+            self._inference.metrics.safety_events.labels("input", verdict.category or verdict.action).inc()
+            message = verdict.message or self._safety.refusal(language)
+            return self._said(
+                dialog,
+                Answer(Source("safety", verdict.category), message, info=info),
+                action="transfer" if verdict.transfer else None,
+            )
+        if knowledge is None:
+            return self._model(text, profile, language, history, facts=[], knowledge=None, dialog=dialog, limits=limits)
+        understood = understand(text, language, knowledge.matcher, self._intents)
+        open_now = profile.transfer_target is not None
+        if understood.kind == "intent" and understood.match is not None:
+            return self._intent(understood.match.entry, profile, language, knowledge, dialog, open_now)
+        if understood.kind == "entry" and understood.match is not None:
+            entry = understood.match.entry
+            dialog.misunderstood, dialog.pending = 0, None
+            return self._entry(entry, language, knowledge, dialog, open_now)
+        dialog.misunderstood += 1
+        if dialog.misunderstood >= MISUNDERSTOOD_BEFORE_MENU:
+            dialog.misunderstood, dialog.pending = 0, None
+            return self._said(dialog, Answer(Source("fallback", "menu"), knowledge.text("menu", language)))
+        closest = understood.match
+        if (
+            understood.kind == "unsure"
+            and closest is not None
+            and closest.entry in knowledge.base.entries
+            and (closest.score >= CLARIFY_FLOOR or language not in GROUNDED_LANGUAGES)
+        ):
+            entry = closest.entry
+            topic = entry.topics.get(language) or entry.topics.get(knowledge.base.languages[0]) or entry.id
+            dialog.pending = entry
+            return Answer(Source("fallback", "clarify"), knowledge.text("clarify", language, topic=topic))
+        if language in GROUNDED_LANGUAGES:
+            facts = [
+                knowledge.answer(e, "en", open_now=open_now) for e, _, _ in knowledge.matcher.ranked(text, "en")[:FACTS]
+            ]
+            return self._model(
+                text, profile, language, history, facts=facts, knowledge=knowledge, dialog=dialog, limits=limits
+            )
+        dialog.pending = "transfer" if open_now else None
+        return Answer(Source("fallback", "fallback"), knowledge.text("fallback", language))
+
+    def menu(
+        self, digit: str, *, profile: Profile, language: str, knowledge: Knowledge, dialog: Dialog
+    ) -> Answer | None:
+        """A keypad choice: the menu's entry, intent or language; None for a digit it lacks."""
+        target = knowledge.base.menu.get(digit)
+        if target is None:
+            return None
+        open_now = profile.transfer_target is not None
+        if target.startswith("language:"):
+            switch = next((i for i in self.intents if i.target_language == target.split(":", 1)[1]), None)
+            if switch is not None:
+                return self._intent(switch, profile, language, knowledge, dialog, open_now)
+        entry = knowledge.base.entry(target)
+        if entry is not None:
+            return self._entry(entry, language, knowledge, dialog, open_now)
+        intent = self.intent(target)
+        return None if intent is None else self._intent(intent, profile, language, knowledge, dialog, open_now)
+
+    # ----- the kinds of answer -----
+    def _intent(
+        self, intent: Entry, profile: Profile, language: str, knowledge: Knowledge, dialog: Dialog, open_now: bool
+    ) -> Answer:
+        source = Source("intent", intent.id)
+        pending, dialog.pending = dialog.pending, None
+        if intent.action == "yes" and pending is not None:
+            if pending == "transfer":
+                return self._intent(self.intent("human") or intent, profile, language, knowledge, dialog, open_now)
+            return self._entry(pending, language, knowledge, dialog, open_now)
+        if intent.action in ("yes", "no"):
+            dialog.misunderstood = 0
+            return Answer(source, knowledge.text("fallback", language))
+        dialog.misunderstood = 0
+        if intent.action == "repeat":
+            return Answer(source, dialog.last_answer or knowledge.text("fallback", language))
+        if intent.action == "menu":
+            return self._said(dialog, Answer(source, knowledge.text("menu", language)))
+        if intent.action == "language" and intent.target_language:
+            target = intent.target_language
+            return self._said(
+                dialog,
+                Answer(source, knowledge.answer(intent, target, open_now=True), action="language", language=target),
+            )
+        if intent.action == "transfer":
+            action: Action | None = "transfer" if open_now else None
+            return self._said(
+                dialog, Answer(source, knowledge.answer(intent, language, open_now=open_now)), action=action
+            )
+        if intent.action == "goodbye":
+            return self._said(
+                dialog,
+                Answer(source, knowledge.answer(intent, language, open_now=True) or profile.goodbye),
+                action="goodbye",
+            )
+        return Answer(source, knowledge.text("fallback", language))
+
+    def _entry(self, entry: Entry, language: str, knowledge: Knowledge, dialog: Dialog, open_now: bool) -> Answer:
+        action = entry.action if entry.action != "transfer" or open_now else None
+        return self._said(
+            dialog,
+            Answer(Source("knowledge", entry.id), knowledge.answer(entry, language, open_now=open_now)),
+            action=action,
+        )
+
+    def _model(
+        self,
+        text: str,
+        profile: Profile,
+        language: str,
+        history: list[ChatMessage],
+        *,
+        facts: list[str],
+        knowledge: Knowledge | None,
+        dialog: Dialog,
+        limits: tuple[int | None, float | None],
+    ) -> Answer:
+        info = ReplyInfo()
+        messages = (
+            grounded_messages(text, facts, history, profile.system_prompt)
+            if knowledge
+            else [
+                ChatMessage("system", profile.system_prompt),
+                *history,
+                ChatMessage("user", text),
+            ]
+        )
+        max_tokens, temperature = limits
+        phrases = safe_reply(
+            self._inference,
+            self._safety,
+            messages,
+            language=language,
+            info=info,
+            max_tokens=max_tokens,
+            temperature=temperature,
+        )
+        answer = Answer(Source("llm", None), info=info)
+        if knowledge is not None:
+            dont_know = knowledge.text("dont_know", language)
+            answer.phrases = _grounded(phrases, [*facts, text], dont_know, answer, dialog)
+        else:
+            answer.phrases = phrases
+        return answer
+
+    @staticmethod
+    def _said(dialog: Dialog, answer: Answer, *, action: Action | None = None) -> Answer:
+        if action is not None:
+            answer.action = action
+        if answer.text:
+            dialog.last_answer = answer.text
+        return answer
+
+
+def ungrounded(phrase: str, sources: list[str]) -> bool:
+    """Does ``phrase`` state a number, time, phone number or name that none of ``sources`` has?"""
+    known = " ".join(sources)
+    known_numbers = {m.group(0).lower() for m in _NUMBERISH.finditer(known)}
+    if any(m.group(0).lower() not in known_numbers for m in _NUMBERISH.finditer(phrase)):
+        return True
+    known_words = set(re.findall(r"[A-Za-z]+", known))
+    return any(w not in known_words and w not in _ALWAYS_FINE for w in _CAPITALISED.findall(phrase.strip()))
+
+
+async def _grounded(
+    phrases: AsyncGenerator[str, None], sources: list[str], dont_know: str, answer: Answer, dialog: Dialog
+) -> AsyncGenerator[str, None]:
+    """The model's phrases while they hold to the facts; at the first that does not, the
+    authored "I don't know" instead, and the model is stopped."""
+    spoken: list[str] = []
+    async with aclosing(phrases):
+        async for phrase in phrases:
+            if ungrounded(phrase, sources):
+                answer.source = Source("fallback", "ungrounded")
+                dialog.pending = "transfer"
+                yield dont_know
+                spoken.append(dont_know)
+                break
+            spoken.append(phrase)
+            yield phrase
+    dialog.last_answer = " ".join(p.strip() for p in spoken) or dialog.last_answer

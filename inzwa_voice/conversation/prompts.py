@@ -1,0 +1,69 @@
+"""Fixed texts as ready-made frames: greetings, hold, re-prompt, goodbye, apology.
+
+Every call of a profile says the same few texts, so each (voice, text) is synthesized once and
+its frames are reused by every call. Concurrent callers of the same text share one synthesis
+(a burst of calls must not synthesize one greeting fifty times), and a synthesis is not tied to
+the call that asked first: if that caller hangs up, the others still get their audio.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import OrderedDict
+from contextlib import aclosing
+from typing import ClassVar
+
+from inzwa_voice.core import FRAME_SAMPLES, PCM16, PIPELINE_RATE
+from inzwa_voice.engines.base import Inference
+from inzwa_voice.media.framing import Framer
+
+
+async def synthesize_frames(inference: Inference, text: str, voice: str) -> list[PCM16]:
+    """``text`` in ``voice`` as whole 20 ms pipeline frames (the last one padded)."""
+    framer = Framer(FRAME_SAMPLES)
+    frames: list[PCM16] = []
+    stream = inference.synthesize(text, voice=voice, sample_rate=PIPELINE_RATE)
+    async with aclosing(stream):
+        async for pcm in stream:
+            frames.extend(framer.push(pcm))
+    frames.extend(framer.flush(pad=True))
+    return frames
+
+
+class PromptAudio:
+    """Ready-made frames per (voice, text). ``PromptAudio.of(inference)`` is the one cache of an
+    engines object, shared by every gateway app that runs on it."""
+
+    # By identity: engines are loaded once per process and live as long as it does.
+    _shared: ClassVar[dict[int, PromptAudio]] = {}
+
+    @classmethod
+    def of(cls, inference: Inference) -> PromptAudio:
+        cache = cls._shared.get(id(inference))
+        if cache is None or cache._inference is not inference:
+            cache = cls._shared[id(inference)] = cls(inference)
+        return cache
+
+    def __init__(self, inference: Inference, limit: int = 256) -> None:
+        self._inference = inference
+        self._limit = limit
+        self._frames: OrderedDict[tuple[str, str], asyncio.Task[list[PCM16]]] = OrderedDict()
+
+    async def frames(self, text: str, voice: str) -> list[PCM16]:
+        key = (voice, text)
+        task = self._frames.get(key)
+        if task is None or (task.done() and (task.cancelled() or task.exception() is not None)):
+            task = asyncio.ensure_future(synthesize_frames(self._inference, text, voice))
+            self._frames[key] = task
+            while len(self._frames) > self._limit:
+                self._frames.popitem(last=False)
+        self._frames.move_to_end(key)
+        return await asyncio.shield(task)
+
+    async def prepare(self, texts: list[tuple[str, str]]) -> None:
+        """Synthesize ``(text, voice)`` pairs ahead of the first call that needs them, in order
+        and one at a time: a knowledge base holds dozens of answers, and synthesizing them all at
+        once would hold every inference worker while the first calls arrive."""
+        for text, voice in texts:
+            if text:
+                await self.frames(text, voice)

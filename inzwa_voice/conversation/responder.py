@@ -1,0 +1,564 @@
+"""The bot's side of a call: one reply at a time, each an object with an explicit state.
+
+A reply to the caller starts ``speculative`` when the turn detector sees a short pause: the
+caller's words are decoded, the safe reply is generated and its first phrases synthesized, but
+nothing plays. The endpoint ``commit``s it and its phrases play in order; speech before the
+endpoint ``drop``s it. Once audio is queued it is ``playing``; it ends ``played`` (the leg
+confirmed the last frame), ``interrupted`` (a barge-in: the caller heard only part of it),
+``dropped`` or ``failed`` (a stage broke or timed out: the caller hears the profile's authored
+apology, never silence). Fixed prompts (greeting, re-prompt, goodbye) are replies too, without
+a caller turn, so barge-in and playout work the same for them.
+
+Three tasks per answer keep the stages from waiting on each other: the transcription (its own
+task, so a hang-up can still keep the caller's words), the producer (brain → phrases → TTS),
+and the player (waits for the commit, then queues each phrase's frames on the leg). Whatever a
+reply tells the client or the record goes through the call's :class:`Outbox`, in order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import copy
+import enum
+import logging
+import time
+import uuid
+from collections.abc import AsyncGenerator, Callable, Coroutine
+from contextlib import aclosing
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from inzwa_voice.conversation.brain import Answer, Dialog, Source
+from inzwa_voice.conversation.memory import Memory
+from inzwa_voice.conversation.outbox import Outbox
+from inzwa_voice.conversation.ports import Leg
+from inzwa_voice.conversation.prompts import PromptAudio, synthesize_frames
+from inzwa_voice.conversation.recorder import Recorder
+from inzwa_voice.conversation.reply import ReplyInfo
+from inzwa_voice.core import FRAME_MS, PCM16, CallInfo, Profile
+from inzwa_voice.engines.base import ChatMessage, Inference
+from inzwa_voice.store import Outcome, TurnRecord
+
+log = logging.getLogger(__name__)
+
+LATENCY_STAGES = ("endpoint", "asr_final", "llm_first_token", "first_phrase", "tts_first_audio", "first_frame_sent")
+STAGE_TIMEOUT_S = 10.0
+"""Longest wait for one stage: a decode, the next phrase from the model, one phrase's speech."""
+PLAYOUT_GRACE_S = 5.0
+"""A leg that never confirms playback costs the audio still queued plus this, never the call."""
+KEEP_WORDS_S = 5.0
+"""At a hang-up, how long a decode under way may still finish so the caller's words are kept."""
+_HELD_PHRASES = 16  # phrases produced ahead of playback (before the endpoint, or while it plays)
+
+
+class ReplyState(enum.Enum):
+    SPECULATIVE = "speculative"
+    COMMITTED = "committed"
+    PLAYING = "playing"
+    PLAYED = "played"
+    INTERRUPTED = "interrupted"
+    DROPPED = "dropped"
+    FAILED = "failed"
+
+
+_FINAL = frozenset({ReplyState.PLAYED, ReplyState.INTERRUPTED, ReplyState.DROPPED, ReplyState.FAILED})
+
+
+@dataclass(eq=False)
+class Phrase:
+    text: str
+    frames: list[PCM16]
+    start: int | None = None  # leg position of its first frame, once queued
+    end: int | None = None  # leg position after its last frame queued so far
+
+
+@dataclass(eq=False)
+class Reply:
+    """One reply: an answer to the caller's utterance, or a fixed prompt (``caller_audio`` None)."""
+
+    id: str
+    index: int
+    caller_audio: PCM16 | None = None
+    last_voiced_at: float = 0.0  # loop time of the caller's last voiced frame
+    state: ReplyState = ReplyState.SPECULATIVE
+    stage: str = "asr"
+    caller_text: str | None = None
+    announced: bool = False  # the caller's words are in memory, the record and the client's events
+    phrases: list[Phrase] = field(default_factory=list)
+    marks: dict[str, float] = field(default_factory=dict)
+    info: ReplyInfo = field(default_factory=ReplyInfo)
+    answer: Answer | None = None
+    dialog: Dialog = field(default_factory=Dialog)  # the conversation's state as this reply leaves it
+    error: str | None = None
+    committed: asyncio.Event = field(default_factory=asyncio.Event)
+    started_at: float = field(default_factory=time.time)
+    transcription: asyncio.Task[str] | None = None
+    tasks: list[asyncio.Task[Any]] = field(default_factory=list)
+    queue: asyncio.Queue[Phrase | None] = field(default_factory=lambda: asyncio.Queue(_HELD_PHRASES))
+
+    @property
+    def source(self) -> Source | None:
+        """Where the answer came from (a grounded answer may turn into the authored fallback)."""
+        return None if self.answer is None else self.answer.source
+
+    @property
+    def is_prompt(self) -> bool:
+        return self.caller_audio is None
+
+    @property
+    def full_text(self) -> str:
+        return " ".join(p.text.strip() for p in self.phrases if p.text.strip())
+
+    @property
+    def queued_any(self) -> bool:
+        return any(p.start is not None for p in self.phrases)
+
+    @property
+    def end_position(self) -> int:
+        return max((p.end for p in self.phrases if p.end is not None), default=0)
+
+    def mark(self, stage: str, at: float) -> None:
+        if stage not in self.marks and self.last_voiced_at:
+            self.marks[stage] = round((at - self.last_voiced_at) * 1000, 1)
+
+    def heard(self, played: int) -> str:
+        """What the caller heard by leg position ``played``: whole phrases played, and the share
+        of the words of the phrase in flight that matches the share of its frames played."""
+        heard = []
+        for phrase in self.phrases:
+            if phrase.start is None or phrase.end is None or played <= phrase.start:
+                break
+            if played >= phrase.end and phrase.end - phrase.start >= len(phrase.frames):
+                heard.append(phrase.text.strip())
+                continue
+            words = phrase.text.split()
+            share = (played - phrase.start) / max(1, len(phrase.frames))
+            heard.append(" ".join(words[: int(len(words) * min(1.0, share))]))
+            break
+        return " ".join(h for h in heard if h)
+
+
+class Responder:
+    def __init__(
+        self,
+        *,
+        call_id: str,
+        info: CallInfo,
+        profile: Callable[[], Profile],
+        leg: Leg,
+        inference: Inference,
+        decide: Callable[[str, Dialog, list[ChatMessage]], Answer],
+        voice_for: Callable[[str], str],
+        memory: Memory,
+        outbox: Outbox,
+        recorder: Recorder,
+        prompts: PromptAudio,
+        on_quiet: Callable[[], None],
+        on_played: Callable[[Reply], None],
+    ) -> None:
+        self._call_id = call_id
+        self._info = info
+        self._profile = profile
+        self._leg = leg
+        self._inference = inference
+        self._decide = decide
+        self._voice_for = voice_for
+        self._memory = memory
+        self._outbox = outbox
+        self._recorder = recorder
+        self._prompts = prompts
+        self._on_quiet = on_quiet
+        self._on_played = on_played
+        self.dialog = Dialog()  # as the caller has heard it: a dropped speculation leaves it alone
+        self._metrics = inference.metrics
+        self._speaking = asyncio.Lock()  # one reply's frames at a time on the leg
+        self._queued = 0  # leg position after the last frame queued
+        self._index = 0
+        self.current: Reply | None = None  # committed, playing
+        self.speculative: Reply | None = None
+        self._carry: PCM16 | None = None  # an unanswered utterance the caller went on with
+
+    # ----- what the session asks -----
+    @property
+    def busy(self) -> bool:
+        """The bot is speaking or about to: caller speech now is a barge-in."""
+        return self.current is not None or self._leg.played_frames < self._queued
+
+    def speculate(self, audio: PCM16, last_voiced_at: float, *, answer: bool = True) -> Reply:
+        """Start answering ``audio`` before the endpoint; nothing plays until ``commit``.
+        ``answer=False`` only decodes it (the call is ending: the words are kept, not answered)."""
+        self.drop()
+        if self._carry is not None:
+            audio = np.concatenate([self._carry, audio])
+        reply = self._new_reply(caller_audio=audio, last_voiced_at=last_voiced_at)
+        reply.dialog = copy.copy(self.dialog)
+        reply.transcription = asyncio.ensure_future(self._transcribe(reply))
+        reply.transcription.add_done_callback(_retrieved)
+        if answer:
+            reply.tasks += [self._spawn(self._produce(reply)), self._spawn(self._play(reply))]
+        self.speculative = reply
+        return reply
+
+    def drop(self) -> None:
+        """The caller went on speaking: the speculation is void (its decode too)."""
+        reply, self.speculative = self.speculative, None
+        if reply is not None:
+            self._stop(reply, ReplyState.DROPPED, keep_transcription=False)
+
+    def commit(self, audio: PCM16, last_voiced_at: float, at: float) -> Reply:
+        """The caller finished: the speculative reply (or a new one for ``audio``) plays."""
+        reply = self.speculative if self.speculative is not None else self.speculate(audio, last_voiced_at)
+        self.speculative = None
+        self._carry = None
+        reply.state = ReplyState.COMMITTED
+        reply.mark("endpoint", at)
+        self.dialog = reply.dialog
+        self.current = reply
+        reply.committed.set()
+        self._announce(reply)
+        reply.tasks.append(self._spawn(self._hold_prompt(reply)))
+        return reply
+
+    def say_answer(self, answer: Answer) -> Reply:
+        """Speak an answer that needs no caller words (a keypad choice) now, as the current reply."""
+        reply = self._new_reply()
+        reply.answer, reply.info = answer, answer.info
+        reply.state = ReplyState.COMMITTED
+        reply.committed.set()
+        self.current = reply
+        reply.tasks.append(self._spawn(self._speak_answer(reply, answer)))
+        return reply
+
+    async def _speak_answer(self, reply: Reply, answer: Answer) -> None:
+        voice = self._profile().voice if answer.language is None else self._voice_for(answer.language)
+        await self._prompt(reply, answer.text or "", voice=voice)
+        self._on_played(reply)
+
+    def say(self, text: str, *, arm_idle: bool = True) -> Reply:
+        """Speak a fixed prompt now, as the current reply."""
+        reply = self._new_reply()
+        reply.state = ReplyState.COMMITTED
+        reply.committed.set()
+        self.current = reply
+        reply.tasks.append(self._spawn(self._prompt(reply, text, arm_idle)))
+        return reply
+
+    def interrupt(self, *, barge_in: bool) -> None:
+        """Stop the bot now: cancel the reply, drop queued audio, remember only what was heard."""
+        reply, self.current = self.current, None
+        played = self._leg.interrupt()
+        self._queued = played
+        if reply is None:
+            return
+        if not reply.is_prompt and reply.caller_text is None and not reply.queued_any:
+            # Not yet understood and nothing said: the caller was not done. Their audio joins
+            # the next utterance instead of being answered, or lost.
+            self._carry = reply.caller_audio
+            self._stop(reply, ReplyState.DROPPED, keep_transcription=False)
+            return
+        heard = reply.heard(played)
+        self._stop(reply, ReplyState.INTERRUPTED, keep_transcription=False)
+        if not barge_in:
+            return
+        self._memory.add("assistant", heard)
+        self._metrics.barge_ins.labels(self._info.leg).inc()
+        if not reply.is_prompt and reply.announced:
+            self._record_turn(reply, "interrupted", reply_text=heard, barged_in=True)
+            self._record_event("barge_in", {"turn": reply.index, "heard": heard})
+        self._outbox.event({"type": "barge_in", "id": reply.id, "heard": heard})
+
+    async def wait(self, reply: Reply) -> None:
+        """Until ``reply`` reached a final state."""
+        while reply.tasks:
+            await asyncio.wait(reply.tasks)
+            reply.tasks = [t for t in reply.tasks if not t.done()]
+
+    async def close(self) -> None:
+        """The call is ending: keep what the caller said and what they heard of the reply."""
+        played = self._leg.played_frames
+        pending = [r for r in (self.current, self.speculative) if r is not None and not r.is_prompt]
+        for reply in (self.current, self.speculative):
+            if reply is not None:
+                for task in reply.tasks:
+                    task.cancel()
+        for reply in pending:
+            if reply.caller_text is None and reply.transcription is not None:
+                with contextlib.suppress(Exception, asyncio.CancelledError):
+                    async with asyncio.timeout(KEEP_WORDS_S):
+                        await asyncio.shield(reply.transcription)
+            if not reply.caller_text:
+                continue
+            unanswered = reply.state is ReplyState.SPECULATIVE or not reply.queued_any
+            reply.committed.set()
+            self._announce(reply)
+            self._record_turn(reply, "unanswered" if unanswered else "hangup", reply_text=reply.heard(played))
+        for reply in (self.current, self.speculative):
+            if reply is not None and reply.transcription is not None:
+                reply.transcription.cancel()
+        self.current = self.speculative = None
+
+    # ----- stages -----
+    async def _transcribe(self, reply: Reply) -> str:
+        assert reply.caller_audio is not None
+        audio = reply.caller_audio.astype(np.float32) / np.float32(32768.0)
+        async with asyncio.timeout(STAGE_TIMEOUT_S):
+            result = await self._inference.transcribe(audio, language=self._profile().language)
+        reply.mark("asr_final", _now())
+        reply.caller_text = result.text.strip()
+        self._announce(reply)
+        return reply.caller_text
+
+    async def _produce(self, reply: Reply) -> None:
+        """The caller's words → the safe reply's phrases → their frames, into ``reply.queue``."""
+        try:
+            assert reply.transcription is not None
+            text = await asyncio.shield(reply.transcription)
+            if not text:
+                await reply.committed.wait()
+                self._finish(reply, ReplyState.DROPPED)  # noise, not words: nothing to answer
+                return
+            reply.stage = "llm"
+            profile = self._profile()
+            history = self._memory.messages
+            if reply.announced and history and history[-1].role == "user":
+                history = history[:-1]  # the question itself, remembered at the endpoint
+            answer = self._decide(text, reply.dialog, history)
+            reply.answer, reply.info = answer, answer.info
+            voice = profile.voice if answer.language is None else self._voice_for(answer.language)
+            if answer.text is not None:
+                reply.mark("first_phrase", _now())
+                async with asyncio.timeout(STAGE_TIMEOUT_S):
+                    frames = await self._prompts.frames(answer.text, voice)  # authored: ready-made
+                reply.mark("tts_first_audio", _now())
+                await self._hand_over(reply, Phrase(answer.text, frames))
+            elif answer.phrases is not None:
+                await self._stream(reply, answer.phrases, voice)
+            await reply.queue.put(None)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            await self._fail(reply, exc)
+
+    async def _stream(self, reply: Reply, phrases: AsyncGenerator[str, None], voice: str) -> None:
+        """The model's phrases, each synthesized as it comes (the model waits meanwhile)."""
+        async with aclosing(phrases):
+            while True:
+                reply.stage = "llm"
+                async with asyncio.timeout(STAGE_TIMEOUT_S):
+                    phrase_text = await anext(phrases, None)
+                if phrase_text is None:
+                    return
+                if not phrase_text.strip():
+                    continue
+                if reply.info.first_token_at is not None:
+                    reply.mark("llm_first_token", reply.info.first_token_at)
+                reply.mark("first_phrase", _now())
+                reply.stage = "tts"
+                async with asyncio.timeout(STAGE_TIMEOUT_S):
+                    frames = await synthesize_frames(self._inference, phrase_text.strip(), voice)
+                reply.mark("tts_first_audio", _now())
+                await self._hand_over(reply, Phrase(phrase_text.strip(), frames))
+
+    @staticmethod
+    async def _hand_over(reply: Reply, phrase: Phrase) -> None:
+        reply.phrases.append(phrase)
+        await reply.queue.put(phrase)
+
+    async def _play(self, reply: Reply) -> None:
+        """Queue the reply's phrases on the leg once it is committed, then wait for the last one
+        to be played; what the answer asks the call to do (transfer, goodbye, a new language)
+        happens once it has been heard."""
+        await reply.committed.wait()
+        while (phrase := await reply.queue.get()) is not None:
+            await self._queue_phrase(reply, phrase)
+        if reply.state in _FINAL:
+            return
+        reply.stage = "playout"
+        await self._played(reply)
+        self._memory.add("assistant", reply.full_text)
+        self._finish(reply, ReplyState.PLAYED)
+        self._on_played(reply)
+
+    async def _prompt(self, reply: Reply, text: str, arm_idle: bool = True, voice: str | None = None) -> None:
+        try:
+            async with asyncio.timeout(STAGE_TIMEOUT_S):
+                phrase = Phrase(text, await self._prompts.frames(text, voice or self._profile().voice))
+        except Exception:
+            log.exception("a prompt could not be synthesized", extra={"call_id": self._call_id})
+            self._finish(reply, ReplyState.FAILED, arm_idle=arm_idle)
+            return
+        reply.phrases.append(phrase)
+        await self._queue_phrase(reply, phrase)
+        await self._played(reply)
+        self._memory.add("assistant", text)
+        self._finish(reply, ReplyState.PLAYED, arm_idle=arm_idle)
+
+    async def _hold_prompt(self, reply: Reply) -> None:
+        """A slow answer: say the hold prompt once, so the caller knows someone is there."""
+        profile = self._profile()
+        if not profile.hold_prompt:
+            return
+        await asyncio.sleep(profile.hold_after_s)
+        if self.current is not reply or reply.queued_any or reply.state in _FINAL:
+            return
+        frames = await self._prompts.frames(profile.hold_prompt, profile.voice)
+        async with self._speaking:
+            if self.current is reply and not reply.queued_any:
+                for frame in frames:
+                    self._queued = await self._leg.play(frame)
+
+    async def _fail(self, reply: Reply, exc: Exception) -> None:
+        """A stage broke: once the caller has finished, apologise (authored), record it, go on."""
+        reply.error = f"{type(exc).__name__}: {exc}"[:200] if str(exc) else type(exc).__name__
+        log.warning(
+            "reply failed", extra={"call_id": self._call_id, "turn": reply.index, "stage": reply.stage}, exc_info=exc
+        )
+        self._metrics.call_errors.labels(self._info.leg, f"{reply.stage}_failed").inc()
+        await reply.committed.wait()
+        if reply.caller_text is None:
+            reply.caller_text = ""
+        self._announce(reply, force=True)
+        self._record_event("reply_failed", {"turn": reply.index, "stage": reply.stage, "error": reply.error})
+        reply.state = ReplyState.FAILED
+        apology = self._profile().apology
+        with contextlib.suppress(Exception):
+            await reply.queue.put(None)  # the player stops after what it has
+        if apology:
+            try:
+                async with asyncio.timeout(STAGE_TIMEOUT_S):
+                    phrase = Phrase(apology, await self._prompts.frames(apology, self._profile().voice))
+                reply.phrases.append(phrase)
+                await self._queue_phrase(reply, phrase)
+                await self._played(reply)
+            except Exception:
+                log.exception("the apology could not be spoken", extra={"call_id": self._call_id})
+        self._memory.add("assistant", reply.heard(self._leg.played_frames))
+        self._finish(reply, ReplyState.FAILED)
+
+    # ----- output -----
+    async def _queue_phrase(self, reply: Reply, phrase: Phrase) -> None:
+        async with self._speaking:
+            first = not reply.queued_any
+            for frame in phrase.frames:
+                position = await self._leg.play(frame)
+                self._queued = position
+                if phrase.start is None:
+                    phrase.start = position - 1
+                    self._outbox.event({"type": "llm.partial", "id": reply.id, "text": phrase.text})
+                    if first:
+                        self._outbox.event({"type": "tts.start", "id": reply.id, **_source(reply)})
+                        reply.mark("first_frame_sent", _now())
+                        if reply.state is ReplyState.COMMITTED:
+                            reply.state = ReplyState.PLAYING
+                phrase.end = position
+
+    async def _played(self, reply: Reply) -> None:
+        end = reply.end_position
+        queued_s = max(0, self._queued - self._leg.played_frames) * FRAME_MS / 1000
+        try:
+            async with asyncio.timeout(queued_s + PLAYOUT_GRACE_S):
+                await self._leg.wait_for_playout(end)
+        except TimeoutError:
+            log.warning("the leg did not confirm playback", extra={"call_id": self._call_id, "turn": reply.index})
+            self._metrics.call_errors.labels(self._info.leg, "playout_timeout").inc()
+
+    # ----- bookkeeping -----
+    def _new_reply(self, *, caller_audio: PCM16 | None = None, last_voiced_at: float = 0.0) -> Reply:
+        self._index += 1
+        return Reply(uuid.uuid4().hex[:12], self._index, caller_audio=caller_audio, last_voiced_at=last_voiced_at)
+
+    def _announce(self, reply: Reply, *, force: bool = False) -> None:
+        """Once committed and understood: the caller's words go to memory, the record and the
+        client, before anything of the answer."""
+        if reply.announced or not reply.committed.is_set() or reply.caller_text is None:
+            return
+        if not reply.caller_text and not force:
+            return
+        reply.announced = True
+        self._memory.add("user", reply.caller_text)
+        self._record_turn(reply, "answering", reply_text="", first=True)
+        if reply.caller_text:
+            self._outbox.event({"type": "asr.final", "id": reply.id, "text": reply.caller_text})
+
+    def _finish(self, reply: Reply, state: ReplyState, *, arm_idle: bool = True) -> None:
+        reply.state = state
+        if self.current is reply:
+            self.current = None
+        current = asyncio.current_task()
+        for task in reply.tasks:  # what is left of it: the hold prompt's timer
+            if task is not current:
+                task.cancel()
+        if not reply.is_prompt and reply.announced:
+            text = reply.heard(self._leg.played_frames) if state is ReplyState.FAILED else reply.full_text
+            self._record_turn(reply, "failed" if state is ReplyState.FAILED else "played", reply_text=text)
+            for stage in LATENCY_STAGES:
+                if stage in reply.marks:
+                    self._metrics.turn_latency.labels(stage).observe(reply.marks[stage] / 1000)
+        if reply.queued_any:
+            self._outbox.event({"type": "tts.end", "id": reply.id, **_source(reply)})
+        if reply.announced:
+            self._outbox.event(
+                {"type": "turn.metrics", "id": reply.id, "latency_ms": dict(reply.marks), **_source(reply)}
+            )
+        if arm_idle:
+            self._on_quiet()
+
+    def _stop(self, reply: Reply, state: ReplyState, *, keep_transcription: bool) -> None:
+        reply.state = state
+        current = asyncio.current_task()
+        for task in reply.tasks:
+            if task is not current:
+                task.cancel()
+        if reply.transcription is not None and not keep_transcription:
+            reply.transcription.cancel()
+
+    def _record_turn(
+        self, reply: Reply, outcome: Outcome, *, reply_text: str, barged_in: bool = False, first: bool = False
+    ) -> None:
+        if outcome != "answering":
+            self._metrics.turns.labels(self._info.leg).inc()
+        record = TurnRecord(
+            index=reply.index,
+            caller_text=reply.caller_text or "",
+            reply_text=reply_text,
+            reply_full=reply.full_text,
+            barged_in=barged_in,
+            language=self._profile().language,
+            safety=None if reply.info.action == "allow" else reply.info.category or reply.info.action,
+            latency_ms=dict(reply.marks),
+            started_at=reply.started_at,
+            ended_at=time.time(),
+            outcome=outcome,
+            source=None if reply.source is None else reply.source.public(),
+        )
+        self._outbox.write(lambda: self._recorder.turn(self._call_id, self._info, record, first=first))
+
+    def _record_event(self, kind: str, data: dict[str, object]) -> None:
+        self._outbox.write(lambda: self._recorder.event(self._call_id, kind, data))
+
+    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        task = asyncio.ensure_future(coro)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            log.error("reply task failed", exc_info=task.exception(), extra={"call_id": self._call_id})
+
+
+def _source(reply: Reply) -> dict[str, object]:
+    """The ``source`` of an answer's events (prompts have none)."""
+    return {} if reply.source is None else {"source": reply.source.public()}
+
+
+def _retrieved(task: asyncio.Task[str]) -> None:
+    """A decode whose reply was dropped may fail unseen; its failure is the producer's to report."""
+    if not task.cancelled():
+        task.exception()
+
+
+def _now() -> float:
+    return asyncio.get_running_loop().time()

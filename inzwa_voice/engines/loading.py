@@ -1,0 +1,61 @@
+"""Loading the engines the settings name: the one module that knows the implementations.
+
+One table per engine kind maps the value of its ``*_engine`` setting to the implementation's
+``load(settings, executor)``, which builds the engine from its own settings and says what it
+loaded for the model catalog. Adding an engine is one new module with such a ``load`` and one
+line in its table (and the new value in that setting's ``Literal`` in ``config.py``). Everything
+else (calls, routes, the conversation) sees only ``engines.runtime.Engines`` and the protocols.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping
+from concurrent.futures import Executor, ThreadPoolExecutor
+from typing import TypeVar
+
+from inzwa_voice.config import Settings
+from inzwa_voice.engines.asr import whisper
+from inzwa_voice.engines.base import ASR, LLM, TTS, VAD, ModelInfo
+from inzwa_voice.engines.llm import llamacpp, remote
+from inzwa_voice.engines.runtime import Engines
+from inzwa_voice.engines.tts import piper
+from inzwa_voice.engines.vad import silero
+from inzwa_voice.telemetry import Metrics
+
+log = logging.getLogger(__name__)
+
+E = TypeVar("E")
+Loader = Callable[[Settings, Executor], tuple[E, ModelInfo]]
+
+VAD_ENGINES: Mapping[str, Loader[VAD]] = {"silero": silero.load}
+ASR_ENGINES: Mapping[str, Loader[ASR]] = {"whisper": whisper.load}
+LLM_ENGINES: Mapping[str, Loader[LLM]] = {"llama-cpp": llamacpp.load, "openai": remote.load}
+TTS_ENGINES: Mapping[str, Loader[TTS]] = {"piper": piper.load}
+
+
+def _pick(kind: str, table: Mapping[str, Loader[E]], name: str) -> Loader[E]:
+    try:
+        return table[name]
+    except KeyError:
+        raise ValueError(f"{kind}_engine {name!r} is not one of {', '.join(table)}") from None
+
+
+def load_engines(settings: Settings, metrics: Metrics) -> Engines:
+    """Load every engine (blocking: call it before serving, or in an executor)."""
+    started = time.perf_counter()
+    load_vad = _pick("vad", VAD_ENGINES, settings.vad_engine)
+    load_asr = _pick("asr", ASR_ENGINES, settings.asr_engine)
+    load_llm = _pick("llm", LLM_ENGINES, settings.llm_engine)
+    load_tts = _pick("tts", TTS_ENGINES, settings.tts_engine)
+    executor = ThreadPoolExecutor(settings.inference_workers, thread_name_prefix="inference")
+    vad, vad_info = load_vad(settings, executor)
+    asr, asr_info = load_asr(settings, executor)
+    llm, llm_info = load_llm(settings, executor)
+    tts, tts_info = load_tts(settings, executor)
+    catalog = [vad_info, asr_info, llm_info, tts_info]
+    log.info(
+        "engines loaded", extra={"seconds": round(time.perf_counter() - started, 2), "models": [m.id for m in catalog]}
+    )
+    return Engines(executor, metrics, vad, asr, llm, tts, catalog)

@@ -1,0 +1,142 @@
+"""The engines of one process as calls and routes use them: asynchronous, timed and shared.
+
+``Engines`` holds one engine per kind, typed by its protocol in ``engines.base``, so nothing that
+uses them knows which implementation ``engines.loading`` picked. It is also where their blocking
+calls meet the event loop: each model call runs in the bounded inference executor and is timed
+into the metrics, so no route or call session touches a model directly. Importing this module
+loads no model library.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncGenerator, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from inzwa_voice.aio import iterate_in_thread
+from inzwa_voice.engines.base import ASR, LLM, PCM16, TTS, VAD, ChatMessage, Float32, ModelInfo, Transcript
+from inzwa_voice.media.resample import Resampler
+from inzwa_voice.telemetry import Metrics
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Engines:
+    """The loaded engines; implements ``engines.base.Inference``."""
+
+    executor: ThreadPoolExecutor
+    metrics: Metrics
+    vad: VAD
+    asr: ASR
+    llm: LLM
+    tts: TTS
+    catalog: list[ModelInfo]
+    loaded_at: int = field(default_factory=lambda: int(time.time()))  # ``created`` in GET /v1/models
+    _decoding: int = field(default=0, init=False, repr=False)
+
+    @property
+    def asr_busy(self) -> bool:
+        """A decode is running now: optional work (partial transcripts) should wait for it."""
+        return self._decoding > 0
+
+    # --- ASR ---
+    async def transcribe(self, audio: Float32, *, language: str | None = None, prompt: str | None = None) -> Transcript:
+        started = time.perf_counter()
+        self._decoding += 1
+        try:
+            result = await asyncio.get_running_loop().run_in_executor(
+                self.executor, lambda: self.asr.transcribe(audio, language=language, prompt=prompt)
+            )
+        finally:
+            self._decoding -= 1
+        elapsed = time.perf_counter() - started
+        self.metrics.inference_seconds.labels("asr", "transcribe").observe(elapsed)
+        seconds = len(audio) / self.asr.sample_rate
+        if seconds > 0:
+            self.metrics.rtf.labels("asr").observe(elapsed / seconds)
+        return result
+
+    # --- TTS ---
+    async def synthesize(
+        self, text: str, *, voice: str, speed: float = 1.0, sample_rate: int | None = None
+    ) -> AsyncGenerator[PCM16, None]:
+        """Stream PCM16 sentence by sentence, resampled to ``sample_rate`` when given."""
+        info = self.tts.resolve(voice)
+        out_rate = sample_rate or info.sample_rate
+        metrics = self.metrics
+
+        def factory(stop: object) -> Iterator[PCM16]:
+            resampler = Resampler(info.sample_rate, out_rate)
+            started = time.perf_counter()
+            for chunk in self.tts.synthesize(text, voice=info.id, speed=speed):
+                elapsed = time.perf_counter() - started
+                metrics.inference_seconds.labels("tts", "sentence").observe(elapsed)
+                if len(chunk):
+                    metrics.rtf.labels("tts").observe(elapsed / (len(chunk) / info.sample_rate))
+                yield resampler.process(chunk)
+                started = time.perf_counter()
+            tail = resampler.flush()
+            if len(tail):
+                yield tail
+
+        async for pcm in iterate_in_thread(self.executor, factory):
+            yield pcm
+
+    # --- LLM ---
+    async def generate(
+        self,
+        messages: list[ChatMessage],
+        *,
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+        stop: list[str] | None = None,
+    ) -> AsyncGenerator[str, None]:
+        """The LLM's stream with metrics: first-token time, tokens, and how each generation ended."""
+        started = time.perf_counter()
+        outcome = "completed"
+        first = True
+        source = self.llm.stream(messages, max_tokens=max_tokens, temperature=temperature, stop=stop)
+        self.metrics.llm_active.inc()
+        try:
+            async for piece in source:
+                if first:
+                    self.metrics.llm_ttft.observe(time.perf_counter() - started)
+                    first = False
+                self.metrics.llm_tokens.inc()
+                yield piece
+        except TimeoutError:
+            outcome = "timeout"
+            raise
+        except (GeneratorExit, asyncio.CancelledError):
+            outcome = "cancelled"
+            raise
+        except Exception:
+            outcome = "error"
+            raise
+        finally:
+            await source.aclose()
+            self.metrics.llm_active.dec()
+            self.metrics.llm_generations.labels(outcome).inc()
+            self.metrics.inference_seconds.labels("llm", "generate").observe(time.perf_counter() - started)
+
+    def warmup(self) -> None:
+        """One tiny inference per engine (blocking), so the first caller does not pay for lazy init."""
+        started = time.perf_counter()
+        stream = self.vad.stream()
+        stream.probability(np.zeros(stream.frame_samples, dtype=np.float32))
+        self.asr.transcribe(np.zeros(self.asr.sample_rate, dtype=np.float32), language="en", max_new_tokens=8)
+        for voice in self.tts.voices():
+            for _ in self.tts.synthesize("Hello.", voice=voice.id):
+                pass
+        self.llm.warm()
+        log.info("engines warmed up", extra={"seconds": round(time.perf_counter() - started, 3)})
+
+    async def close(self) -> None:
+        await self.llm.close()
+        self.executor.shutdown(wait=False, cancel_futures=True)

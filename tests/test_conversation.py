@@ -1,0 +1,424 @@
+"""A whole call's orchestration on a scripted, virtual-time timeline (``tests/timeline``).
+
+Fake engines with scripted latencies, a fake leg that plays 20 ms per frame of virtual time and
+a scripted caller: each test is a minute of call in milliseconds, and asserts event order,
+frame positions and what the record holds. The real engines have their own end-to-end tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import Awaitable, Callable
+
+from inzwa_voice.config import load_settings
+from inzwa_voice.conversation.calls import CallEvent, CallManager
+from inzwa_voice.conversation.session import CallSession
+from inzwa_voice.core import CallInfo, Profile
+from inzwa_voice.dialplan import DEFAULT_DIALPLAN, Dialplan
+from inzwa_voice.safety import Safety, SafetyConfig
+from tests.timeline import (
+    Caller,
+    Decode,
+    FakeASR,
+    FakeInference,
+    FakeLeg,
+    FakeLLM,
+    Generate,
+    Phrasebook,
+    Step,
+    Transferred,
+    dtmf,
+    hang_up,
+    pause,
+    run_virtual,
+    speak,
+    stop_sending,
+    wait_until,
+)
+
+PROFILE = Profile(
+    name="test",
+    language="en",
+    voice="joe",
+    greeting="Hello, how can I help?",
+    hold_prompt="Please hold on.",
+    reprompt="Are you still there?",
+    goodbye="Goodbye.",
+    apology="Sorry, please say that again.",
+    transfer_target="sip:counsellor@127.0.0.1:5070",
+    idle_timeout_s=6.0,
+    hold_after_s=2.5,
+)
+ANSWER = "The clinic opens at eight in the morning."
+
+
+class Call:
+    """One scripted call: the fakes, the manager under test, the running session, its record."""
+
+    def __init__(self, engines: FakeInference, words: Phrasebook, leg: FakeLeg, dialplan: Dialplan | None) -> None:
+        self.engines, self.words, self.leg = engines, words, leg
+        self.manager = CallManager(
+            load_settings(_env_file=None),
+            engines,
+            Safety.load(config=SafetyConfig(helpline_number="0800 000 000")),
+            dialplan=dialplan,
+        )
+        self.recorded: list[CallEvent] = []
+        self.feed: asyncio.Queue[CallEvent] = asyncio.Queue()
+        self.session: CallSession
+        self.caller: Caller
+
+    async def start(self, profile: Profile = PROFILE) -> None:
+        self.session = await self.manager.start(self.leg, CallInfo(leg="ws"), profile)
+        self.caller = Caller(self.session, self.leg, self.words)
+
+    def record(self, kind: str) -> list[dict[str, object]]:
+        """What the call record got of ``kind`` so far."""
+        while not self.feed.empty():
+            self.recorded.append(self.feed.get_nowait())
+        return [e.data for e in self.recorded if e.kind == kind]
+
+
+def scripted(
+    body: Callable[[Call], Awaitable[None]],
+    *,
+    llm: FakeLLM | None = None,
+    asr: tuple[Decode, ...] = (),
+    leg: FakeLeg | None = None,
+    profile: Profile = PROFILE,
+    dialplan: Dialplan | None = None,
+) -> None:
+    """Run ``body`` on a call of its own in virtual time; the call is ended afterwards."""
+
+    async def main() -> None:
+        words = Phrasebook()
+        engines = FakeInference(FakeASR(words, *asr), llm=llm or FakeLLM(ANSWER))
+        call = Call(engines, words, leg or FakeLeg(), dialplan)
+        with call.manager.watch() as call.feed:
+            await call.start(profile)
+            await body(call)
+            await call.session.end("completed")
+
+    run_virtual(main, limit_s=600)
+
+
+def greeted(leg: FakeLeg) -> Callable[[], bool]:
+    return lambda: "tts.end" in leg.event_types()
+
+
+def answer_heard(leg: FakeLeg, ms: int) -> Callable[[], bool]:
+    """The answer after the greeting has been playing for ``ms``."""
+
+    def heard() -> bool:
+        starts = leg.events("tts.start")
+        return len(starts) >= 2 and leg.audio_ms(starts[-1].at) >= ms
+
+    return heard
+
+
+def test_a_paused_question_is_answered_once_after_its_last_sentence() -> None:
+    async def body(call: Call) -> None:
+        leg = call.leg
+        await call.caller.run(
+            [
+                wait_until(greeted(leg)),
+                speak(1200, "hello"),
+                pause(460),  # long enough to think ahead, too short to be the end of the turn
+                speak(900, "where is the clinic"),
+                pause(3000),
+            ]
+        )
+        last_voiced = call.caller.last_voiced_at
+        assert last_voiced is not None
+        (final,) = leg.events("asr.final")
+        assert final.event["text"] == "hello where is the clinic"
+        # The speculative decode of the pause was dropped when the caller went on; one answer.
+        decodes = call.engines.asr.calls
+        assert any(c.outcome == "cancelled" for c in decodes)
+        (answered,) = call.engines.llm.calls
+        assert answered.outcome == "done"
+        starts = leg.events("tts.start")
+        assert len(starts) == 2  # the greeting, then the one answer
+        assert starts[1].at > last_voiced
+        spoken = leg.first_audio_after(last_voiced)
+        assert spoken is not None and 0.7 <= spoken - last_voiced < 1.5
+        types = leg.event_types()
+        assert (
+            types.index("asr.final")
+            < types.index("llm.partial", types.index("tts.end"))
+            < types.index("tts.start", types.index("tts.end"))
+        )
+
+    scripted(body)
+
+
+def test_the_transcript_comes_before_the_answer_even_when_the_answer_is_ready_first() -> None:
+    """Fast engines: the reply is decoded, generated and synthesized during the 300→700 ms of
+    endpoint silence, before the caller's turn is over."""
+
+    async def body(call: Call) -> None:
+        await call.caller.run([wait_until(greeted(call.leg)), speak(1000, "where is the clinic"), pause(2000)])
+        answer = [e for e in call.leg.timeline if getattr(e, "type", None) in ("asr.final", "llm.partial")][-2:]
+        assert [e.type for e in answer] == ["asr.final", "llm.partial"]  # type: ignore[union-attr]
+        (turn,) = [t for t in call.record("turn") if t["outcome"] == "answering"]
+        assert turn["caller_text"] == "where is the clinic"
+
+    scripted(body, asr=(Decode(latency_s=0.05),), llm=FakeLLM(Generate(ANSWER, first_token_s=0.02, per_token_s=0.01)))
+
+
+def test_barge_in_mid_phrase_stops_the_bot_and_remembers_what_was_heard() -> None:
+    long_answer = "The clinic opens at eight in the morning and closes at five in the evening every weekday."
+
+    async def body(call: Call) -> None:
+        leg = call.leg
+        await call.caller.run(
+            [
+                wait_until(greeted(leg)),
+                speak(1000, "when does the clinic open"),
+                wait_until(answer_heard(leg, 1500)),
+            ]
+        )
+        talked_at = asyncio.get_running_loop().time()
+        await call.caller.run([speak(800, "stop"), pause(2000)])
+        (barge,) = leg.events("barge_in")
+        heard = str(barge.event["heard"]).split()
+        assert heard and heard == long_answer.split()[: len(heard)] and len(heard) < len(long_answer.split())
+        assert leg.audio_ms(talked_at + 0.3, talked_at + 1.4) == 0, "the bot stops within 300 ms of the voice"
+        interrupted = [t for t in call.record("turn") if t["outcome"] == "interrupted"]
+        assert len(interrupted) == 1 and interrupted[0]["reply_text"] == barge.event["heard"]
+        assert interrupted[0]["barged_in"] is True
+
+    scripted(body, llm=FakeLLM(long_answer, default=ANSWER))
+
+
+def test_a_slow_answer_is_preceded_by_the_hold_prompt_once() -> None:
+    async def body(call: Call) -> None:
+        leg = call.leg
+        await call.caller.run([wait_until(greeted(leg)), speak(1000, "where is the clinic"), pause(8000)])
+        last_voiced = call.caller.last_voiced_at
+        assert last_voiced is not None
+        first_audio = leg.first_audio_after(last_voiced)
+        answer_start = leg.events("tts.start")[-1].at
+        # The hold prompt plays 2.5 s after the endpoint (0.7 s of silence), then the answer.
+        assert first_audio is not None and 3.0 <= first_audio - last_voiced <= 3.4
+        assert answer_start - last_voiced > 4.0
+        assert len(leg.events("tts.start")) == 2  # the hold prompt is no turn of its own
+
+    scripted(body, llm=FakeLLM(Generate(ANSWER, first_token_s=4.0)))
+
+
+def test_silence_brings_the_reprompt_then_the_goodbye_then_the_end() -> None:
+    async def body(call: Call) -> None:
+        ended = await call.caller.run([wait_until(greeted(call.leg)), pause(30_000)])
+        assert ended is False  # the call ended during the silence
+        texts = [e.event["text"] for e in call.leg.events("llm.partial")]
+        assert texts == [PROFILE.greeting, PROFILE.reprompt, PROFILE.goodbye]
+        assert call.session.disposition == "idle_timeout" and call.leg.closed == "idle_timeout"
+        # Counted from when the prompts were played, not sent.
+        ends = [e.at for e in call.leg.events("tts.end")]
+        reprompt_start = call.leg.events("tts.start")[1].at
+        assert abs(reprompt_start - ends[0] - PROFILE.idle_timeout_s) < 0.1
+
+    scripted(body)
+
+
+def test_keypad_zero_transfers_to_the_profile_target() -> None:
+    async def body(call: Call) -> None:
+        await call.caller.run([wait_until(greeted(call.leg)), dtmf("0"), pause(500)])
+        (transferred,) = [e for e in call.leg.timeline if isinstance(e, Transferred)]
+        assert transferred.target == PROFILE.transfer_target and transferred.accepted
+        assert call.session.disposition == "transferred"
+        (event,) = call.leg.events("transfer")
+        assert event.event["reason"] == "dtmf"
+
+    scripted(body)
+
+
+def test_a_refused_transfer_keeps_the_caller_with_the_bot() -> None:
+    async def body(call: Call) -> None:
+        await call.caller.run([wait_until(greeted(call.leg)), dtmf("0"), speak(1000, "hello"), pause(3000)])
+        assert call.session.active
+        assert call.leg.events("asr.final")[-1].event["text"] == "hello"
+
+    scripted(body, leg=FakeLeg(transfer_accepted=False))
+
+
+def test_a_hang_up_during_the_answer_keeps_the_caller_s_words_and_what_they_heard() -> None:
+    async def body(call: Call) -> None:
+        leg = call.leg
+        await call.caller.run(
+            [
+                wait_until(greeted(leg)),
+                speak(1000, "i need help with rent"),
+                wait_until(answer_heard(leg, 600)),
+                hang_up(),
+            ]
+        )
+        turns = call.record("turn")
+        assert [t["outcome"] for t in turns] == ["answering", "hangup"]
+        assert all(t["caller_text"] == "i need help with rent" for t in turns)
+        heard = str(turns[1]["reply_text"]).split()
+        assert heard and heard == ANSWER.split()[: len(heard)] and len(heard) < len(ANSWER.split())
+        assert call.session.disposition == "caller_hangup"
+
+    scripted(body)
+
+
+def test_a_hang_up_before_the_transcript_is_ready_still_keeps_the_words() -> None:
+    async def body(call: Call) -> None:
+        await call.caller.run([wait_until(greeted(call.leg)), speak(1000, "i need help"), pause(800), hang_up()])
+        turns = call.record("turn")
+        assert [(t["outcome"], t["caller_text"]) for t in turns][-1] == ("unanswered", "i need help")
+
+    scripted(body, asr=(Decode(latency_s=3.0),))
+
+
+def test_a_caller_who_stops_sending_is_still_answered() -> None:
+    """DTX, a muted microphone, a stalled network: no frames at all after the question."""
+
+    async def body(call: Call) -> None:
+        leg = call.leg
+        await call.caller.run([wait_until(greeted(leg)), speak(1000, "where is the clinic"), stop_sending(4000)])
+        (final,) = leg.events("asr.final")
+        assert final.event["text"] == "where is the clinic"
+        assert leg.events("llm.partial")[-1].event["text"] == ANSWER
+
+    scripted(body)
+
+
+def test_a_model_that_gives_no_token_ends_in_the_apology_and_the_call_goes_on() -> None:
+    async def body(call: Call) -> None:
+        leg = call.leg
+        await call.caller.run([wait_until(greeted(leg)), speak(1000, "where is the clinic"), pause(25_000)])
+        texts = [e.event["text"] for e in leg.events("llm.partial")]
+        assert texts[:3] == [PROFILE.greeting, PROFILE.apology, PROFILE.reprompt], texts
+        (failure,) = call.record("reply_failed")
+        assert failure["stage"] == "llm"
+        assert [t["outcome"] for t in call.record("turn")] == ["answering", "failed"]
+        assert call.engines.llm.calls[0].outcome in ("closed", "cancelled")
+
+    scripted(body, llm=FakeLLM(Generate("", stall=True), default=ANSWER))
+
+
+def test_a_failed_decode_ends_in_the_apology_too() -> None:
+    async def body(call: Call) -> None:
+        await call.caller.run([wait_until(greeted(call.leg)), speak(1000, "hello"), pause(4000)])
+        assert [e.event["text"] for e in call.leg.events("llm.partial")][-1] == PROFILE.apology
+        (failure,) = call.record("reply_failed")
+        assert failure["stage"] == "asr"
+
+    scripted(body, asr=(Decode(fail=RuntimeError("decoder broke")),) * 3)
+
+
+def test_a_caller_who_goes_on_before_being_understood_is_heard_as_one_turn() -> None:
+    """The endpoint came, the decode was slow, and the caller spoke again before it ended: the
+    first part is not answered alone, it joins the next utterance."""
+
+    async def body(call: Call) -> None:
+        leg = call.leg
+        await call.caller.run(
+            [wait_until(greeted(leg)), speak(800, "hello"), pause(900), speak(800, "where is the clinic"), pause(4000)]
+        )
+        finals = [e.event["text"] for e in leg.events("asr.final")]
+        assert finals == ["hello where is the clinic"]
+        assert not leg.events("barge_in")
+
+    scripted(body, asr=(Decode(latency_s=1.0), Decode(latency_s=0.1)))
+
+
+# ----- the helpline's knowledge (the packaged sample, through the test dialplan) -----
+
+DIALPLAN = Dialplan.load(DEFAULT_DIALPLAN)  # the sample helpline's office hours
+HELPLINE = dataclasses.replace(PROFILE, knowledge="helpline")
+
+
+def test_a_covered_question_gets_the_authored_answer_without_the_model() -> None:
+    async def body(call: Call) -> None:
+        await call.caller.run([wait_until(greeted(call.leg)), speak(1000, "what time do you open"), pause(8000)])
+        (start,) = [e for e in call.leg.events("tts.start") if "source" in e.event]
+        assert start.event["source"] == {"kind": "knowledge", "id": "hours"}
+        spoken = call.leg.events("llm.partial")[-1].event["text"]
+        assert "Monday to Friday, from 08:00 to 17:00" in str(spoken)
+        assert not call.engines.llm.calls
+        (turn,) = [t for t in call.record("turn") if t["outcome"] == "played"]
+        assert turn["caller_text"] == "what time do you open"
+
+    scripted(body, dialplan=DIALPLAN, profile=HELPLINE)
+
+
+def test_the_model_never_speaks_a_number_or_name_it_was_not_given() -> None:
+    made_up = "The capital of France is Paris, and the clinic there opens at 6:30."
+
+    async def body(call: Call) -> None:
+        await call.caller.run(
+            [wait_until(greeted(call.leg)), speak(1000, "what is the capital of france"), pause(8000)]
+        )
+        (asked,) = call.engines.llm.calls
+        assert "Facts:" in asked.messages[-1].content  # grounded on the closest entries
+        spoken = [str(e.event["text"]) for e in call.leg.events("llm.partial")]
+        assert not any("Paris" in t or "6:30" in t for t in spoken)
+        assert spoken[-1] == "I'm sorry, I don't know that. Shall I connect you to a counsellor?"
+        assert asked.outcome in ("closed", "cancelled")  # the model was stopped
+        (end,) = [e for e in call.leg.events("tts.end") if "source" in e.event]
+        assert end.event["source"] == {"kind": "fallback", "id": "ungrounded"}
+
+    scripted(body, llm=FakeLLM(made_up), dialplan=DIALPLAN, profile=HELPLINE)
+
+
+def test_asking_for_a_person_by_voice_transfers() -> None:
+    async def body(call: Call) -> None:
+        await call.caller.run(
+            [wait_until(greeted(call.leg)), speak(1000, "can I talk to a real person please"), pause(8000)]
+        )
+        (transferred,) = [e for e in call.leg.timeline if isinstance(e, Transferred)]
+        assert transferred.target == HELPLINE.transfer_target
+        (event,) = call.leg.events("transfer")
+        assert event.event["reason"] == "voice"
+        assert call.session.disposition == "transferred"
+        spoken = call.leg.events("llm.partial")[-1]
+        assert spoken.at < transferred.at  # told first, then handed over
+
+    scripted(body, dialplan=DIALPLAN, profile=HELPLINE)
+
+
+def test_after_hours_asking_for_a_person_says_when_people_are_in() -> None:
+    closed = dataclasses.replace(HELPLINE, transfer_target=None)
+
+    async def body(call: Call) -> None:
+        await call.caller.run([wait_until(greeted(call.leg)), speak(1000, "I want to talk to a person"), pause(9000)])
+        assert not [e for e in call.leg.timeline if isinstance(e, Transferred)]
+        spoken = str(call.leg.events("llm.partial")[-1].event["text"])
+        assert "Monday to Friday" in spoken and call.session.active
+
+    scripted(body, dialplan=DIALPLAN, profile=closed)
+
+
+def test_the_keypad_menu_answers_and_a_spoken_switch_changes_the_language_and_voice() -> None:
+    async def body(call: Call) -> None:
+        leg = call.leg
+        await call.caller.run([wait_until(greeted(leg)), dtmf("1"), pause(9000)])
+        (start,) = [e for e in leg.events("tts.start") if "source" in e.event]
+        assert start.event["source"] == {"kind": "knowledge", "id": "hours"}
+        await call.caller.run([speak(1000, "Shona please"), pause(9000)])
+        (switched,) = leg.events("language")
+        assert switched.event == {"type": "language", "language": "sn", "voice": "joe-sn"}
+        assert call.session.profile.language == "sn" and call.session.profile.voice == "joe-sn"
+        await call.caller.run([speak(1000, "munovhura nguva dzipi"), pause(9000)])
+        synthesized = call.engines.tts.calls[-1]
+        assert synthesized.voice == "joe-sn" and "Muvhuro" in synthesized.text  # the Shona hours answer
+
+    scripted(body, dialplan=DIALPLAN, profile=HELPLINE)
+
+
+def test_two_misunderstood_turns_bring_the_keypad_menu() -> None:
+    async def body(call: Call) -> None:
+        leg = call.leg
+        script: list[Step] = [wait_until(greeted(leg))]
+        for _ in range(2):
+            script += [speak(1000, "blue green yellow"), pause(12_000)]
+        await call.caller.run(script)
+        texts = [str(e.event["text"]) for e in leg.events("llm.partial")]
+        assert texts[-1].startswith("Press 1 for our opening hours")
+
+    scripted(body, llm=FakeLLM(default="I am not sure."), dialplan=DIALPLAN, profile=HELPLINE)
