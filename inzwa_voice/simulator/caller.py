@@ -59,6 +59,7 @@ class Caller:
         self._script: deque[PCM16] = deque()
         self._bot_audio: list[PCM16] = []
         self._event_waiters: list[tuple[str, asyncio.Future[dict[str, Any]]]] = []
+        self._events_read = 0  # timeline.events up to here have been read by wait_for
         self._sender: asyncio.Task[None] | None = None
         self._audio_waiters: list[tuple[int, asyncio.Future[None]]] = []
         self._quiet = asyncio.Event()
@@ -153,9 +154,17 @@ class Caller:
             if event.get("type") == kind and not future.done():
                 future.set_result(event)
                 self._event_waiters.remove((kind, future))
+                self._events_read = len(self.timeline.events)
 
     async def wait_for(self, kind: str, timeout: float = 60.0) -> dict[str, Any]:
-        """The next event of ``kind`` (not one already seen)."""
+        """The first event of ``kind`` after the last one a ``wait_for`` returned: the client's
+        events are read in order, so one that came in the same burst as the event waited for
+        before (a ready answer's ``tts.start`` right behind its ``asr.final``) is not missed."""
+        for index in range(self._events_read, len(self.timeline.events)):
+            event = self.timeline.events[index][1]
+            if event.get("type") == kind:
+                self._events_read = index + 1
+                return event
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._event_waiters.append((kind, future))
         async with asyncio.timeout(timeout):
