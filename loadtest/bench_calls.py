@@ -4,6 +4,8 @@ For each leg and concurrency: turn latency (caller's last voiced frame → first
 the caller's media time) p50/p95, the gateway's stage split, and — in a second round with
 barge-in — how much bot audio still arrived after the caller started talking over it. The
 gateway's CPU seconds (per round and per call) and peak RSS come from the gateway's /metrics.
+The rounds start once the gateway's /health says its authored answers are synthesized
+(``prompts_ready_s``: how long that took after the port opened).
 
     .venv/bin/python loadtest/bench_calls.py [--legs ws,twilio] [--calls 1,4,10]
 """
@@ -15,13 +17,29 @@ import asyncio
 import json
 import os
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
+
+import aiohttp
 
 from inzwa_voice.simulator.process import gateway_process
 from inzwa_voice.simulator.run import simulate
 
 ENGLISH_DIALPLAN = Path(__file__).resolve().parents[1] / "tests" / "dialplans" / "english.yaml"
+
+
+async def prompts_ready(url: str, limit_s: float = 600.0) -> float:
+    """Seconds until the gateway's /health says its ready-made audio is synthesized."""
+    started = time.monotonic()
+    async with aiohttp.ClientSession() as http:
+        while True:
+            async with http.get(url + "/health") as resp:
+                if (await resp.json())["prompts"]["ready"]:
+                    return round(time.monotonic() - started, 1)
+            if time.monotonic() - started > limit_s:
+                raise RuntimeError(f"the gateway's prompts were not ready after {limit_s:.0f} s")
+            await asyncio.sleep(0.5)
 
 
 async def run(legs: list[str], concurrencies: list[int]) -> dict[str, Any]:
@@ -33,6 +51,9 @@ async def run(legs: list[str], concurrencies: list[int]) -> dict[str, Any]:
         "INZWA_DB_PATH": os.path.join(records, "calls.db"),
     }
     with gateway_process(env) as (url, _):
+        # Steady state: calls start once the authored answers are synthesized (a load balancer
+        # would hold calls back until /health says so); how long that takes is reported too.
+        results["prompts_ready_s"] = await prompts_ready(url)
         for leg in legs:
             for n in concurrencies:
                 answer = await simulate(url, leg=leg, calls=n)

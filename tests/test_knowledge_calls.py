@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from inzwa_voice.api.keys import CALLS
 from inzwa_voice.app import build_app
 from inzwa_voice.engines.runtime import Engines
 from inzwa_voice.knowledge.loader import KnowledgeError
@@ -52,14 +53,20 @@ async def test_asking_for_a_person_by_voice_transfers(
     server = await english_server(make_server)
     caller, call_id = await call(server, dialled=dialled)
     try:
-        caller.say(await speak(engines, words, voice=voice))
+        # Whisper base now and then mishears a Shona reading: the gateway then asks again (it
+        # never guesses), and the caller says it again, a new reading as a caller's would be.
+        for _ in range(3):
+            caller.say(await speak(engines, words, voice=voice))
+            if (end := await answered(caller))["source"] == {"kind": "intent", "id": "human"}:
+                break
+            assert end["source"]["kind"] in ("fallback", "intent"), end  # a question back, no answer
         transfer = await caller.wait_for("transfer")
         assert transfer["reason"] == "voice" and transfer["target"] == "sip:counsellor@127.0.0.1:5070"
     finally:
         await caller.hang_up()
     recorded = await record(server, call_id)
     assert [e["data"]["reason"] for e in recorded["events"] if e["kind"] == "transfer"] == ["voice"]
-    assert recorded["turns"][0]["source"] == {"kind": "intent", "id": "human"}
+    assert recorded["turns"][-1]["source"] == {"kind": "intent", "id": "human"}
 
 
 async def test_a_shona_question_about_hours_gets_the_shona_answer(make_server: ServerFactory, engines: Engines) -> None:
@@ -67,9 +74,10 @@ async def test_a_shona_question_about_hours_gets_the_shona_answer(make_server: S
     caller, call_id = await call(server, dialled="+263")
     try:
         # "Which days do you work?": Whisper base hears it as "mene shina mazu vaapi" or so, and
-        # now and then as nothing useful: then the gateway asks again, and the caller repeats.
-        question = await speak(engines, "Munoshanda mazuva api?", voice="joe-sn")
+        # now and then as nothing useful: then the gateway asks again, and the caller says it
+        # again (a new reading: the voice's noise makes each one differ, as a caller's would).
         for _ in range(3):
+            question = await speak(engines, "Munoshanda mazuva api?", voice="joe-sn")
             caller.clear_bot_audio()
             caller.say(question)
             heard_question = await caller.wait_for("asr.final")
@@ -166,3 +174,15 @@ async def test_chat_answers_from_the_profile_s_knowledge_and_says_where_from(mak
     assert events[-1]["done"] is True and events[-1]["source"]["kind"] in ("knowledge", "fallback")
     async with server.http.post(f"{server.v1}/chat", json={**body, "profile": "nobody"}) as response:
         assert response.status == 400 and (await response.json())["error"]["code"] == "unknown_profile"
+
+
+async def test_health_says_once_every_authored_answer_is_synthesized(make_server: ServerFactory) -> None:
+    server = await english_server(make_server)
+    calls = server.app[CALLS]
+    texts = calls.prompt_texts()
+    assert texts[0] == ("Hello, you have reached the helpline. How can I help you?", "joe")  # greetings first
+    assert any(voice == "joe-sn" for _, voice in texts)  # the Shona answers, in the Shona voice
+    await calls.prepared()
+    async with server.http.get(server.url + "/health") as response:
+        prompts = (await response.json())["prompts"]
+    assert prompts == {"ready": True, "synthesized": len(texts), "failed": 0, "total": len(texts)}

@@ -12,6 +12,7 @@ from aiohttp import web
 
 from inzwa_voice import __version__
 from inzwa_voice.api.keys import CALLS, ENGINES, GATE, METRICS, SETTINGS
+from inzwa_voice.conversation.prompts import Preparation
 from inzwa_voice.legs.audiosocket import AUDIOSOCKET
 from inzwa_voice.legs.sip import SIP
 from inzwa_voice.legs.webrtc import WEBRTC
@@ -37,10 +38,21 @@ async def health(request: web.Request) -> web.Response:
                 "tts": [v.id for v in engines.tts.voices()],
             },
             "active_calls": len(request.app[CALLS].sessions),
+            "prompts": prompts(request.app[CALLS].preparation),
             "legs": legs(request.app),
             "requests_in_flight": request.app[GATE].in_flight,
         }
     )
+
+
+def prompts(preparation: Preparation) -> dict[str, object]:
+    """The ready-made audio: until ``ready``, an authored answer may wait for its synthesis."""
+    return {
+        "ready": preparation.ready,
+        "synthesized": preparation.done - preparation.failed,
+        "failed": preparation.failed,
+        "total": preparation.total,
+    }
 
 
 def legs(app: web.Application) -> dict[str, dict[str, object]]:

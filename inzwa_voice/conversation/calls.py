@@ -22,7 +22,7 @@ from pathlib import Path
 from inzwa_voice.config import Settings
 from inzwa_voice.conversation.brain import Brain, Knowledge
 from inzwa_voice.conversation.ports import CallRejected, Leg
-from inzwa_voice.conversation.prompts import PromptAudio
+from inzwa_voice.conversation.prompts import Preparation, PromptAudio
 from inzwa_voice.conversation.session import CallSession
 from inzwa_voice.conversation.turns import TurnSettings
 from inzwa_voice.core import CallInfo, Profile
@@ -150,6 +150,7 @@ class CallManager:
         self.knowledge = self.load_knowledge(dialplan)
         self.sessions: dict[str, CallSession] = {}
         self._preparing: set[asyncio.Task[None]] = set()
+        self.preparation = Preparation()
         self.draining = False
         self._turns = TurnSettings(
             threshold=settings.vad_threshold,
@@ -223,11 +224,10 @@ class CallManager:
             return [self.profile_for(CallInfo(leg="ws"))]
         return list(self.dialplan.profiles.values())
 
-    async def prepare_prompts(self) -> None:
-        """Synthesize every profile's fixed texts, then every knowledge answer, before the first
-        call needs them, so no caller waits for a greeting or an authored answer and a burst of
-        calls does not synthesize one text once each. The fixed texts come first: every call
-        says its greeting, few ask any one question."""
+    def prompt_texts(self) -> list[tuple[str, str]]:
+        """Every ``(text, voice)`` a call may say ready-made: each profile's fixed texts, then
+        every knowledge answer. The fixed texts come first: every call says its greeting, few
+        ask any one question."""
         texts = [
             (text, p.voice)
             for p in self.profiles()
@@ -244,14 +244,23 @@ class CallManager:
                 for entry in (*base.entries, *self.brain.intents):
                     for open_now in (True, False):
                         texts.append((knowledge.answer(entry, language, open_now=open_now), voice))
-        await self.prompts.prepare(list(dict.fromkeys(t for t in texts if t[0])))
+        return list(dict.fromkeys(t for t in texts if t[0]))
 
     def prepare_soon(self) -> asyncio.Task[None]:
-        """``prepare_prompts`` in the background (at start-up, after a reload)."""
-        task = asyncio.ensure_future(self.prepare_prompts())
+        """Synthesize ``prompt_texts`` in the background (at start-up, after a reload), so no
+        caller waits for a greeting or an authored answer and a burst of calls does not
+        synthesize one text once each; ``preparation`` says how far it is."""
+        texts = self.prompt_texts()
+        self.preparation = Preparation(total=len(texts))
+        task = asyncio.ensure_future(self.prompts.prepare(texts, self.preparation))
         self._preparing.add(task)
         task.add_done_callback(self._preparing.discard)
         return task
+
+    async def prepared(self) -> Preparation:
+        """Once the background synthesis started so far has finished."""
+        await asyncio.gather(*self._preparing, return_exceptions=True)
+        return self.preparation
 
     async def start(self, leg: Leg, info: CallInfo, profile: Profile | None = None) -> CallSession:
         """Admit a call or raise ``CallRejected``; the session is running when this returns."""

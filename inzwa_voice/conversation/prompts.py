@@ -9,13 +9,17 @@ the call that asked first: if that caller hangs up, the others still get their a
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import OrderedDict
 from contextlib import aclosing
+from dataclasses import dataclass
 from typing import ClassVar
 
 from inzwa_voice.core import FRAME_SAMPLES, PCM16, PIPELINE_RATE
 from inzwa_voice.engines.base import Inference
 from inzwa_voice.media.framing import Framer
+
+log = logging.getLogger(__name__)
 
 
 async def synthesize_frames(inference: Inference, text: str, voice: str) -> list[PCM16]:
@@ -60,10 +64,30 @@ class PromptAudio:
         self._frames.move_to_end(key)
         return await asyncio.shield(task)
 
-    async def prepare(self, texts: list[tuple[str, str]]) -> None:
+    async def prepare(self, texts: list[tuple[str, str]], progress: Preparation) -> None:
         """Synthesize ``(text, voice)`` pairs ahead of the first call that needs them, in order
         and one at a time: a knowledge base holds dozens of answers, and synthesizing them all at
-        once would hold every inference worker while the first calls arrive."""
+        once would hold every inference worker while the first calls arrive. A text that fails
+        is logged and left for the call that needs it to try again."""
         for text, voice in texts:
-            if text:
+            try:
                 await self.frames(text, voice)
+            except Exception:
+                progress.failed += 1
+                log.exception("a prompt could not be synthesized ahead", extra={"voice": voice})
+            progress.done += 1
+
+
+@dataclass
+class Preparation:
+    """How far the ahead-of-time synthesis is: ``/health`` reports it, and a load balancer or a
+    benchmark can wait for ``ready`` before sending calls (until then an authored answer may
+    wait for its own synthesis)."""
+
+    total: int = 0
+    done: int = 0
+    failed: int = 0
+
+    @property
+    def ready(self) -> bool:
+        return self.done >= self.total
