@@ -17,29 +17,13 @@ import asyncio
 import json
 import os
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
-import aiohttp
-
-from inzwa_voice.simulator.process import gateway_process
+from inzwa_voice.simulator.process import gateway_process, prompts_ready
 from inzwa_voice.simulator.run import simulate
 
 ENGLISH_DIALPLAN = Path(__file__).resolve().parents[1] / "tests" / "dialplans" / "english.yaml"
-
-
-async def prompts_ready(url: str, limit_s: float = 600.0) -> float:
-    """Seconds until the gateway's /health says its ready-made audio is synthesized."""
-    started = time.monotonic()
-    async with aiohttp.ClientSession() as http:
-        while True:
-            async with http.get(url + "/health") as resp:
-                if (await resp.json())["prompts"]["ready"]:
-                    return round(time.monotonic() - started, 1)
-            if time.monotonic() - started > limit_s:
-                raise RuntimeError(f"the gateway's prompts were not ready after {limit_s:.0f} s")
-            await asyncio.sleep(0.5)
 
 
 async def run(legs: list[str], concurrencies: list[int]) -> dict[str, Any]:
@@ -50,10 +34,10 @@ async def run(legs: list[str], concurrencies: list[int]) -> dict[str, Any]:
         "INZWA_DIALPLAN_PATH": str(ENGLISH_DIALPLAN),
         "INZWA_DB_PATH": os.path.join(records, "calls.db"),
     }
-    with gateway_process(env) as (url, _):
+    with gateway_process(env) as (url, process):
         # Steady state: calls start once the authored answers are synthesized (a load balancer
         # would hold calls back until /health says so); how long that takes is reported too.
-        results["prompts_ready_s"] = await prompts_ready(url)
+        results["prompts_ready_s"] = prompts_ready(url, process)
         for leg in legs:
             for n in concurrencies:
                 answer = await simulate(url, leg=leg, calls=n)

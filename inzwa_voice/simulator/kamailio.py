@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from inzwa_voice.simulator.process import free_ports, gateway_process
+from inzwa_voice.simulator.process import free_ports, gateway_process, prompts_ready
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "sip" / "kamailio"
 
@@ -98,7 +98,8 @@ def dispatcher(
 def sip_gateway(
     workdir: Path, name: str, env: dict[str, str] | None = None
 ) -> Iterator[tuple[str, int, subprocess.Popen[str]]]:
-    """One gateway process on its own SIP port, RTP range and database: (URL, SIP port, process)."""
+    """One gateway process on its own SIP port, RTP range and database: (URL, SIP port, process),
+    once its authored answers are synthesized, as a dispatcher in front of it should wait for."""
     sip_port = free_ports(1, tcp=True)
     gateway_env = {
         "INZWA_SIP_HOST": "127.0.0.1",
@@ -110,4 +111,5 @@ def sip_gateway(
         **(env or {}),
     }
     with gateway_process(gateway_env) as (url, process):
+        prompts_ready(url, process)
         yield url, sip_port, process

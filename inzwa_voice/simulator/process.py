@@ -11,6 +11,8 @@ import socket
 import subprocess
 import sys
 import threading
+import time
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -71,3 +73,19 @@ def gateway_process(env: dict[str, str] | None = None) -> Iterator[tuple[str, su
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def prompts_ready(url: str, process: subprocess.Popen[str], limit_s: float = 300.0) -> float:
+    """Wait, bounded, until the gateway's ``/health`` says every greeting and authored answer is
+    synthesized (what a load balancer in front of it would wait for); returns the seconds that
+    took. Polled: the gateway announces it nowhere else."""
+    started = time.monotonic()
+    while True:
+        with urllib.request.urlopen(f"{url}/health", timeout=10) as response:
+            if json.loads(response.read())["prompts"]["ready"]:
+                return round(time.monotonic() - started, 1)
+        if process.poll() is not None:
+            raise RuntimeError(f"the gateway exited with {process.returncode} before its prompts were ready")
+        if time.monotonic() - started > limit_s:
+            raise RuntimeError(f"the gateway's prompts were not ready after {limit_s:g} s")
+        time.sleep(0.2)
