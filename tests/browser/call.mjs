@@ -54,10 +54,15 @@ const widgetState = (page) =>
   page.evaluate(() => ({ state: window.inzwaWidget.state, error: window.inzwaWidget.error }));
 
 // Waits until the widget reaches a state; an error state fails the step at once, with its message.
+// The state is read in the same evaluation that saw it: read again later, the call may already
+// have moved on (listening becomes speaking as soon as the greeting plays).
 async function waitForState(page, wanted) {
-  const reached = (w) => [w, "error"].includes(window.inzwaWidget.state);
-  await page.waitForFunction(reached, wanted, { timeout: STEP_TIMEOUT_MS });
-  const { state, error } = await widgetState(page);
+  const reached = (w) => {
+    const { state, error } = window.inzwaWidget;
+    return [w, "error"].includes(state) ? { state, error } : null;
+  };
+  const seen = await page.waitForFunction(reached, wanted, { timeout: STEP_TIMEOUT_MS });
+  const { state, error } = await seen.jsonValue();
   if (state !== wanted) throw new Error(`widget error: ${error}`);
 }
 
