@@ -17,10 +17,11 @@ caller.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Iterator
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, Protocol
 
 import numpy as np
 
@@ -222,7 +223,7 @@ class FakeLLM:
         pieces = re.findall(r"\s*\S+", step.text)
         if call.max_tokens is not None:
             pieces = pieces[: call.max_tokens]
-        try:
+        with _tracking(call):
             for i, piece in enumerate(pieces):
                 await asyncio.sleep(step.per_token_s if i else step.first_token_s)
                 call.pieces.append((now(), piece))
@@ -231,18 +232,31 @@ class FakeLLM:
                 await _forever()
             if step.fail is not None:
                 raise step.fail
-            call.outcome = "done"
-        except GeneratorExit:
-            call.outcome = "closed"
-            raise
-        except asyncio.CancelledError:
-            call.outcome = "cancelled"
-            raise
-        except Exception:
-            call.outcome = "failed"
-            raise
-        finally:
-            call.ended = now()
+
+
+class _Tracked(Protocol):
+    outcome: Outcome
+    ended: float | None
+
+
+@contextlib.contextmanager
+def _tracking(call: _Tracked) -> Iterator[None]:
+    """How a fake's streaming call ended, and when: done, closed by its consumer, cancelled or
+    failed (a test asserts that a dropped reply closed its stream, not merely stopped reading)."""
+    try:
+        yield
+        call.outcome = "done"
+    except GeneratorExit:
+        call.outcome = "closed"
+        raise
+    except asyncio.CancelledError:
+        call.outcome = "cancelled"
+        raise
+    except Exception:
+        call.outcome = "failed"
+        raise
+    finally:
+        call.ended = now()
 
 
 def _generation(step: Generate | str) -> Generate:
@@ -302,7 +316,7 @@ class FakeTTS:
         per_char = self.ms_per_char / 1000 * call.sample_rate / call.speed
         level = _BASE_LEVEL + _LEVEL_STEP * call.index
         done = 0.0  # characters of audio made so far, in samples
-        try:
+        with _tracking(call):
             for i, sentence in enumerate(sentences):
                 start, end = round(done), round(done + len(sentence) * per_char)
                 done += len(sentence) * per_char
@@ -318,18 +332,6 @@ class FakeTTS:
                 chunk = np.where((n // _HALF_PERIOD) % 2 == 0, level, -level).astype(np.int16)
                 call.chunks.append((now(), len(chunk)))
                 yield chunk
-            call.outcome = "done"
-        except GeneratorExit:
-            call.outcome = "closed"
-            raise
-        except asyncio.CancelledError:
-            call.outcome = "cancelled"
-            raise
-        except Exception:
-            call.outcome = "failed"
-            raise
-        finally:
-            call.ended = now()
 
     def heard(self, audio: PCM16) -> list[str]:
         """For each call, in order, the part of its text that ``audio`` (16 kHz frames a leg
