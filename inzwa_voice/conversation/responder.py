@@ -40,6 +40,7 @@ from inzwa_voice.conversation.recorder import Recorder
 from inzwa_voice.conversation.reply import ReplyInfo
 from inzwa_voice.core import FRAME_MS, PCM16, CallInfo, Profile
 from inzwa_voice.engines.base import ChatMessage, Inference
+from inzwa_voice.media.framing import pcm16_to_float
 from inzwa_voice.store import Outcome, TurnRecord
 
 log = logging.getLogger(__name__)
@@ -303,7 +304,7 @@ class Responder:
     # ----- stages -----
     async def _transcribe(self, reply: Reply) -> str:
         assert reply.caller_audio is not None
-        audio = reply.caller_audio.astype(np.float32) / np.float32(32768.0)
+        audio = pcm16_to_float(reply.caller_audio)
         async with asyncio.timeout(STAGE_TIMEOUT_S):
             result = await self._inference.transcribe(audio, language=self._profile().language)
         reply.mark("asr_final", _now())

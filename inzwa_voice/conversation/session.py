@@ -34,6 +34,7 @@ from inzwa_voice.conversation.responder import Reply, Responder
 from inzwa_voice.conversation.turns import TurnDetector, TurnEvent, TurnSettings
 from inzwa_voice.core import DTMF_DIGITS, FRAME_MS, FRAME_SAMPLES, PCM16, CallInfo, Profile
 from inzwa_voice.engines.base import ChatMessage, Inference
+from inzwa_voice.media.framing import pcm16_to_float
 
 log = logging.getLogger(__name__)
 
@@ -294,8 +295,7 @@ class CallSession:
         self._partial = self._spawn(self._transcribe_partial(self._detector.utterance()))
 
     async def _transcribe_partial(self, audio: PCM16) -> None:
-        samples = audio.astype(np.float32) / np.float32(32768.0)
-        result = await self._inference.transcribe(samples, language=self.profile.language)
+        result = await self._inference.transcribe(pcm16_to_float(audio), language=self.profile.language)
         if result.text and self._detector.in_speech:
             self._outbox.event({"type": "asr.partial", "text": result.text})
 

@@ -19,6 +19,7 @@ import numpy as np
 
 from inzwa_voice.core import FRAME_MS, PCM16
 from inzwa_voice.engines.base import VADStream
+from inzwa_voice.media.framing import pcm16_to_float
 
 __all__ = ["FRAME_MS", "TurnDetector", "TurnEvent", "TurnSettings"]
 
@@ -70,7 +71,7 @@ class TurnDetector:
 
     def push(self, frame: PCM16) -> list[TurnEvent]:
         self.frames += 1
-        self._window = np.concatenate([self._window, frame.astype(np.float32) / 32768.0])
+        self._window = np.concatenate([self._window, pcm16_to_float(frame)])
         n = self._vad.frame_samples
         window_ms = n * 1000 // 16000
         while len(self._window) >= n:

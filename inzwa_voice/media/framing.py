@@ -27,6 +27,7 @@ __all__ = [
     "Framer",
     "bytes_to_pcm16",
     "pcm16_to_bytes",
+    "pcm16_to_float",
 ]
 
 _EMPTY: Final = np.zeros(0, dtype=np.int16)
@@ -46,6 +47,11 @@ def bytes_to_pcm16(data: bytes | bytearray | memoryview) -> NDArray[np.int16]:
 def pcm16_to_bytes(samples: NDArray[np.int16]) -> bytes:
     """int16 samples to little-endian PCM16 bytes."""
     return samples.astype("<i2", copy=False).tobytes()
+
+
+def pcm16_to_float(samples: NDArray[np.int16]) -> NDArray[np.float32]:
+    """int16 samples as float32 in [-1, 1), the scale the VAD, ASR and resampler take."""
+    return samples.astype(np.float32) / np.float32(32768.0)
 
 
 class Framer:

@@ -27,12 +27,10 @@ import numpy as np
 import soxr
 from numpy.typing import NDArray
 
+from inzwa_voice.media.framing import pcm16_to_float
+
 _SCALE: Final = 32768.0
 _NO_SAMPLES: Final = np.zeros(0, dtype=np.float32)
-
-
-def _to_float(samples: NDArray[np.int16]) -> NDArray[np.float32]:
-    return samples.astype(np.float32) / np.float32(_SCALE)
 
 
 def _to_int16(samples: NDArray[np.float32]) -> NDArray[np.int16]:
@@ -63,7 +61,7 @@ class Resampler:
         """Feed a chunk of any length; return the output that is ready now."""
         if self._stream is None:
             return samples
-        return _to_int16(self._stream.resample_chunk(_to_float(samples)))
+        return _to_int16(self._stream.resample_chunk(pcm16_to_float(samples)))
 
     def flush(self) -> NDArray[np.int16]:
         """End the stream: return the samples still inside the filter, then start afresh."""
