@@ -18,14 +18,14 @@ from aiohttp import web
 
 from inzwa_voice.api.keys import CALLS
 from inzwa_voice.config import Settings
-from inzwa_voice.core import FRAME_SAMPLES, CallInfo, Profile
+from inzwa_voice.core import FRAME_SAMPLES
 from inzwa_voice.engines.runtime import Engines
 from inzwa_voice.legs.twilio import MARK_EVERY_FRAMES, MARK_PREFIX, MEDIA_PATH, VOICE_PATH, TwilioLeg, add_routes
 from inzwa_voice.legs.twilio_protocol import signature
 from inzwa_voice.simulator import twilio as sim
 from inzwa_voice.simulator.twilio import TwilioCaller
-from inzwa_voice.telemetry import Metrics
 from tests.conftest import Server, ServerFactory, english_server, speak, transcript
+from tests.scripted_calls import ScriptedCalls
 
 GOLDEN = Path(__file__).parent / "golden" / "twilio"
 QUESTION = "Hello. Where is the nearest clinic?"
@@ -196,57 +196,6 @@ async def test_barge_in_clears_twilio_within_300_ms(make_server: ServerFactory, 
         await caller.hang_up()
 
 
-class FakeCall:
-    """A call that only records what the leg hands it; the test plays through the leg itself."""
-
-    def __init__(self, leg: Any, info: CallInfo) -> None:
-        self.id = "fake"
-        self.info = info
-        self.profile = Profile()
-        self.leg = leg
-        self.frames = 0
-        self.digits: list[str] = []
-        self.ended: str | None = None
-
-    @property
-    def active(self) -> bool:
-        return self.ended is None
-
-    def feed(self, frame: Any) -> None:
-        self.frames += 1
-
-    def end_turn(self) -> None:
-        pass
-
-    def dtmf(self, digit: str) -> None:
-        self.digits.append(digit)
-
-    async def record_event(self, kind: str, data: dict[str, object]) -> None:
-        pass
-
-    async def hangup(self, reason: str = "caller_hangup") -> None:
-        await self.end(reason)
-
-    async def end(self, disposition: str, *, say_goodbye: bool = False) -> None:
-        if self.ended is None:
-            self.ended = disposition
-            await self.leg.close(disposition)
-
-
-class FakeCalls:
-    """A :class:`~inzwa_voice.conversation.ports.CallStarter` that admits one call and hands it over."""
-
-    def __init__(self) -> None:
-        self.metrics = Metrics()
-        self.draining = False
-        self.started: asyncio.Future[FakeCall] = asyncio.get_running_loop().create_future()
-
-    async def start(self, leg: Any, info: CallInfo) -> FakeCall:
-        call = FakeCall(leg, info)
-        self.started.set_result(call)
-        return call
-
-
 def tone(frames: int) -> list[np.ndarray]:
     t = np.arange(frames * FRAME_SAMPLES) / 16000
     pcm = (8000 * np.sin(2 * np.pi * 440 * t)).astype(np.int16)
@@ -255,7 +204,7 @@ def tone(frames: int) -> list[np.ndarray]:
 
 async def test_marks_advance_the_playout_and_a_clear_voids_the_pending_ones(settings: Settings) -> None:
     """The leg alone against the Twilio stand-in: no engines, no session, positions only."""
-    calls = FakeCalls()
+    calls = ScriptedCalls()
     app = web.Application()
     add_routes(app, calls, settings)
     runner = web.AppRunner(app, access_log=None)
@@ -267,7 +216,7 @@ async def test_marks_advance_the_playout_and_a_clear_voids_the_pending_ones(sett
         caller = TwilioCaller(http, url, playout_delay_ms=100)
         try:
             await caller.connect()
-            call = await asyncio.wait_for(calls.started, 10)
+            call = await asyncio.wait_for(calls.first(), 10)
             leg = call.leg
             assert isinstance(leg, TwilioLeg) and await leg.transfer("+263800000000") is False
 
@@ -301,7 +250,7 @@ async def test_marks_advance_the_playout_and_a_clear_voids_the_pending_ones(sett
         finally:
             await caller.hang_up()
             await runner.cleanup()
-    assert call.ended == "caller_hangup"
+    assert call.endings[0] == "caller_hangup"
 
 
 async def test_dtmf_zero_asks_for_a_human(make_server: ServerFactory, engines: Engines) -> None:

@@ -23,8 +23,7 @@ from aiortc import RTCConfiguration, RTCPeerConnection
 from inzwa_voice.api.keys import CALLS
 from inzwa_voice.api.middleware import error_middleware
 from inzwa_voice.config import load_settings
-from inzwa_voice.conversation.ports import CallRejected, Leg
-from inzwa_voice.core import CallInfo, Profile
+from inzwa_voice.conversation.ports import CallRejected
 from inzwa_voice.engines.runtime import Engines
 from inzwa_voice.legs import webrtc
 from inzwa_voice.legs.webrtc import WEBRTC, WebRTCLeg
@@ -32,6 +31,7 @@ from inzwa_voice.legs.webrtc_tokens import CallTokens
 from inzwa_voice.simulator.webrtc import OfferRefused, WebRTCCaller
 from inzwa_voice.telemetry import Metrics
 from tests.conftest import Server, ServerFactory, english_server, speak, transcript
+from tests.scripted_calls import ScriptedCalls
 from tests.test_openapi import SPEC_PATH, check
 
 QUESTION = "Hello. Where is the nearest clinic?"
@@ -253,63 +253,6 @@ async def test_bot_audio_is_pulled_in_real_time_and_its_playout_follows_the_pull
 
 
 # ----- the admission path, with a scripted call starter -----
-
-
-class ScriptedCall:
-    """A call that does nothing but note what its leg drives; hanging up closes the leg, as a
-    call's end does."""
-
-    def __init__(self, leg: Leg, info: CallInfo) -> None:
-        self.id = "scripted-call"
-        self.info = info
-        self.profile = Profile(name="scripted")
-        self.leg = leg
-        self.digits: list[str] = []
-        self.endings: list[str] = []
-        self.over = asyncio.Event()
-
-    @property
-    def active(self) -> bool:
-        return not self.endings
-
-    def feed(self, frame: np.ndarray) -> None:
-        pass
-
-    def end_turn(self) -> None:
-        pass
-
-    def dtmf(self, digit: str) -> None:
-        self.digits.append(digit)
-
-    async def record_event(self, kind: str, data: dict[str, object]) -> None:
-        pass
-
-    async def hangup(self, reason: str = "caller_hangup") -> None:
-        await self.end(reason)
-
-    async def end(self, disposition: str, *, say_goodbye: bool = False) -> None:
-        self.endings.append(disposition)
-        if len(self.endings) == 1:
-            await self.leg.close(disposition)
-            self.over.set()
-
-
-class ScriptedCalls:
-    """A :class:`~inzwa_voice.conversation.ports.CallStarter` that refuses with ``refusal`` or
-    starts a :class:`ScriptedCall`."""
-
-    def __init__(self, refusal: CallRejected | None = None) -> None:
-        self.metrics = Metrics()
-        self.draining = False
-        self.refusal = refusal
-        self.started: list[ScriptedCall] = []
-
-    async def start(self, leg: Leg, info: CallInfo) -> ScriptedCall:
-        if self.refusal is not None:
-            raise self.refusal
-        call = ScriptedCall(leg, info)
-        self.started.append(call)
-        return call
 
 
 @pytest.fixture

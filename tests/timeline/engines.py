@@ -148,22 +148,14 @@ class FakeASR:
         seconds = len(audio) / self.sample_rate
         call = ASRCall(started=now(), audio_s=seconds, language=language, prompt=prompt)
         self.calls.append(call)
-        try:
+        with _tracking(call):
             await asyncio.sleep(step.latency_s + step.rtf * seconds)
             if step.stall:
                 await _forever()
             if step.fail is not None:
                 raise step.fail
-        except asyncio.CancelledError:
-            call.outcome = "cancelled"
-            raise
-        except Exception:
-            call.outcome = "failed"
-            raise
-        finally:
-            call.ended = now()
-        text = self.words.heard(audio) if step.text is None else step.text
-        call.text, call.outcome = text, "done"
+            text = self.words.heard(audio) if step.text is None else step.text
+            call.text = text
         segments = [Segment(text, 0, round(seconds * 1000))] if text else []
         return Transcript(text=text, segments=segments, language=language or "sn", duration_s=seconds)
 
