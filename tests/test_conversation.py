@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 
 from inzwa_voice.config import load_settings
 from inzwa_voice.conversation.calls import CallEvent, CallManager
+from inzwa_voice.conversation.prompts import Preparation, PromptAudio
 from inzwa_voice.conversation.session import CallSession
 from inzwa_voice.core import CallInfo, Profile
 from inzwa_voice.dialplan import DEFAULT_DIALPLAN, Dialplan
@@ -422,3 +423,18 @@ def test_two_misunderstood_turns_bring_the_keypad_menu() -> None:
         assert texts[-1].startswith("Press 1 for our opening hours")
 
     scripted(body, llm=FakeLLM(default="I am not sure."), dialplan=DIALPLAN, profile=HELPLINE)
+
+
+def test_texts_prepared_ahead_stay_cached_even_beyond_the_caches_limit() -> None:
+    async def main() -> None:
+        engines = FakeInference(FakeASR(Phrasebook()))
+        prompts = PromptAudio(engines, limit=2)
+        texts = [(f"Answer {n}.", "joe") for n in range(5)]
+        progress = Preparation(total=len(texts))
+        await prompts.prepare(texts, progress)
+        assert progress.ready and progress.failed == 0
+        for text, voice in texts:  # the first ones were not evicted by the last
+            await prompts.frames(text, voice)
+        assert len(engines.tts.calls) == len(texts)
+
+    run_virtual(main, limit_s=60)

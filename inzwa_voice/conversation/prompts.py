@@ -50,7 +50,7 @@ class PromptAudio:
 
     def __init__(self, inference: Inference, limit: int = 256) -> None:
         self._inference = inference
-        self._limit = limit
+        self._limit = self._spare = limit
         self._frames: OrderedDict[tuple[str, str], asyncio.Task[list[PCM16]]] = OrderedDict()
 
     async def frames(self, text: str, voice: str) -> list[PCM16]:
@@ -68,7 +68,10 @@ class PromptAudio:
         """Synthesize ``(text, voice)`` pairs ahead of the first call that needs them, in order
         and one at a time: a knowledge base holds dozens of answers, and synthesizing them all at
         once would hold every inference worker while the first calls arrive. A text that fails
-        is logged and left for the call that needs it to try again."""
+        is logged and left for the call that needs it to try again. The cache grows to hold
+        them all, with its usual room beside them: a knowledge base larger than the cache must
+        not evict its own first answers (or the greetings) while the last are synthesized."""
+        self._limit = max(self._limit, len(texts) + self._spare)
         for text, voice in texts:
             try:
                 await self.frames(text, voice)
