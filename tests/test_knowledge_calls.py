@@ -169,6 +169,11 @@ async def test_chat_answers_from_the_profile_s_knowledge_and_says_where_from(mak
         data = await response.json()
     assert data["source"] == {"kind": "knowledge", "id": "hours"}
     assert "Counsellors" in data["message"]["content"]
+    # by meaning (the engines embed the question): words alone take it for the cost of "this call"
+    recorded = {**body, "messages": [{"role": "user", "content": "Is this phone call being recorded?"}]}
+    async with server.http.post(f"{server.v1}/chat", json=recorded) as response:
+        answer = await response.json()
+        assert answer["source"] == {"kind": "knowledge", "id": "privacy"}, answer
     async with server.http.post(f"{server.v1}/chat", json={**body, "stream": True, "profile": "shona"}) as response:
         events = [json.loads(line[6:]) for line in (await response.text()).splitlines() if line.startswith("data: {")]
     assert events[-1]["done"] is True and events[-1]["source"]["kind"] in ("knowledge", "fallback")

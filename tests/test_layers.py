@@ -18,7 +18,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 LINT_IMPORTS = Path(sys.executable).with_name("lint-imports")
-HEAVY = ("faster_whisper", "llama_cpp", "onnxruntime", "piper", "av", "pjsua2")
+HEAVY = ("faster_whisper", "llama_cpp", "onnxruntime", "piper", "av", "pjsua2", "tokenizers")
 
 
 def lint_imports(root: Path) -> subprocess.CompletedProcess[str]:
@@ -38,18 +38,36 @@ def test_the_package_keeps_its_import_contract() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_a_layer_breaking_import_fails_the_contract(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("module", "imported", "refusal"),
+    [
+        (
+            "inzwa_voice.media.playout",
+            "inzwa_voice.conversation.ports",
+            "inzwa_voice.media is not allowed to import inzwa_voice.conversation",
+        ),
+        # The knowledge base's matcher takes sentence vectors, never the embedding engine.
+        (
+            "inzwa_voice.knowledge.match",
+            "inzwa_voice.engines.embedding.minilm",
+            "inzwa_voice.knowledge is not allowed to import inzwa_voice.engines",
+        ),
+    ],
+)
+def test_a_layer_breaking_import_fails_the_contract(tmp_path: Path, module: str, imported: str, refusal: str) -> None:
     shutil.copytree(ROOT / "inzwa_voice", tmp_path / "inzwa_voice", ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
-    playout = tmp_path / "inzwa_voice" / "media" / "playout.py"
-    playout.write_text(playout.read_text(encoding="utf-8") + "\nfrom inzwa_voice.conversation import ports\n")
+    path = (tmp_path / module.replace(".", "/")).with_suffix(".py")
+    path.write_text(path.read_text(encoding="utf-8") + f"\nimport {imported}\n")
     result = lint_imports(tmp_path)
     assert result.returncode != 0
-    assert "inzwa_voice.media is not allowed to import inzwa_voice.conversation" in result.stdout
-    assert "inzwa_voice.media.playout -> inzwa_voice.conversation.ports" in result.stdout
+    assert refusal in result.stdout
+    assert f"{module} -> {imported}" in result.stdout
 
 
-@pytest.mark.parametrize("module", ["inzwa_voice.legs.twilio", "inzwa_voice.engines.runtime"])
+@pytest.mark.parametrize(
+    "module", ["inzwa_voice.legs.twilio", "inzwa_voice.engines.runtime", "inzwa_voice.knowledge.evaluate"]
+)
 def test_importing_it_loads_no_model_library(module: str) -> None:
     probe = f"import {module}, sys; print([m for m in {HEAVY!r} if m in sys.modules])"
     result = subprocess.run(

@@ -7,23 +7,32 @@ match offers a person and the keypad menu. An English question nothing covers ma
 LLM with the closest entries as its only facts, and a number, time or phone number in its answer
 that is not in those facts replaces the answer with the authored "I don't know that, shall I
 connect you to a counsellor?". The same brain serves calls and ``POST /v1/chat``.
+
+With a sentence embedder loaded (``INZWA_EMBEDDING_ENGINE``), an English turn is also matched by
+meaning: its vector is computed in the inference executor and handed to the matchers, whose
+example vectors were made once when the intents and each knowledge base loaded.
 """
 
 from __future__ import annotations
 
+import logging
 import re
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import AsyncGenerator, Iterable, Mapping
 from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Literal
+
+import numpy as np
 
 from inzwa_voice.conversation.reply import ReplyInfo, safe_reply
 from inzwa_voice.core import Profile
 from inzwa_voice.engines.base import ChatMessage, Inference
 from inzwa_voice.engines.grounding import grounded_messages
 from inzwa_voice.knowledge.base import Action, Entry, KnowledgeBase
-from inzwa_voice.knowledge.match import Matcher, understand
+from inzwa_voice.knowledge.match import Matcher, Vector, understand
 from inzwa_voice.safety import Safety
+
+log = logging.getLogger(__name__)
 
 SourceKind = Literal["knowledge", "intent", "safety", "llm", "fallback"]
 GROUNDED_LANGUAGES = ("en",)
@@ -103,12 +112,31 @@ class Brain:
         self._inference = inference
         self._safety = safety
         self.intents = intents
-        self._intents = Matcher(intents)
+        self._intents = self.matcher(intents)
+
+    def matcher(self, entries: Iterable[Entry]) -> Matcher:
+        """A matcher for ``entries``, with sentence vectors for their English examples when an
+        embedder is loaded (blocking: one embedder run per example, at start-up or in a reload's
+        thread)."""
+        embedder = self._inference.embedder
+        return Matcher(entries, embed=embedder.embed if embedder is not None else None)
+
+    async def _vector(self, text: str, language: str, knowledge: Matcher) -> Vector | None:
+        """``text``'s sentence vector where the matchers use one for ``language``; a failed
+        embedding leaves the turn to lexical matching."""
+        if not (knowledge.wants_vector(language) or self._intents.wants_vector(language)):
+            return None
+        try:
+            vectors = await self._inference.embed([text])
+        except Exception:
+            log.exception("sentence embedding failed; matching this turn by its words only")
+            return None
+        return np.asarray(vectors[0], dtype=np.float32)
 
     def intent(self, intent_id: str) -> Entry | None:
         return next((e for e in self.intents if e.id == intent_id), None)
 
-    def answer(
+    async def answer(
         self,
         text: str,
         *,
@@ -135,7 +163,8 @@ class Brain:
             )
         if knowledge is None:
             return self._model(text, profile, language, history, facts=[], knowledge=None, dialog=dialog, limits=limits)
-        understood = understand(text, language, knowledge.matcher, self._intents)
+        vector = await self._vector(text, language, knowledge.matcher)
+        understood = understand(text, language, knowledge.matcher, self._intents, vector=vector)
         open_now = profile.transfer_target is not None
         if understood.kind == "intent" and understood.match is not None:
             return self._intent(understood.match.entry, profile, language, knowledge, dialog, open_now)
@@ -160,7 +189,8 @@ class Brain:
             return Answer(Source("fallback", "clarify"), knowledge.text("clarify", language, topic=topic))
         if language in GROUNDED_LANGUAGES:
             facts = [
-                knowledge.answer(e, "en", open_now=open_now) for e, _, _ in knowledge.matcher.ranked(text, "en")[:FACTS]
+                knowledge.answer(e, "en", open_now=open_now)
+                for e, _, _ in knowledge.matcher.ranked(text, "en", vector)[:FACTS]
             ]
             return self._model(
                 text, profile, language, history, facts=facts, knowledge=knowledge, dialog=dialog, limits=limits

