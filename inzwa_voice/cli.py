@@ -8,7 +8,7 @@ import json
 import logging
 import sys
 import time
-from pathlib import Path
+from concurrent.futures import ThreadPoolExecutor
 
 from aiohttp import web
 
@@ -17,6 +17,7 @@ from inzwa_voice.config import Settings, SettingsError, load_settings
 from inzwa_voice.dialplan import DialplanError
 from inzwa_voice.engines.runtime import Engines
 from inzwa_voice.knowledge.loader import KnowledgeError
+from inzwa_voice.knowledge.match import Embed
 from inzwa_voice.telemetry import Metrics
 
 log = logging.getLogger("inzwa_voice")
@@ -35,6 +36,15 @@ def _load_engines(settings: Settings) -> Engines:
     from inzwa_voice.engines.loading import load_engines
 
     return load_engines(settings, Metrics())
+
+
+def _embed(settings: Settings) -> Embed | None:
+    """The configured sentence embedder alone (``eval knowledge`` needs no other model)."""
+    from inzwa_voice.engines.loading import load_embedder
+
+    with ThreadPoolExecutor(1) as executor:
+        loaded = load_embedder(settings, executor)
+    return loaded[0].embed if loaded is not None else None
 
 
 def serve(settings: Settings) -> None:
@@ -80,10 +90,20 @@ def main(argv: list[str] | None = None) -> None:
     sub.add_parser("check-config", help="validate the settings and print them (secrets hidden)")
     call = sub.add_parser("call", help="simulate callers against a running gateway; prints JSON")
     call.add_argument("--url", default="http://127.0.0.1:8080", help="the gateway's HTTP base URL")
-    call.add_argument("--leg", default="ws", help="ws, twilio or audiosocket")
+    call.add_argument("--leg", default="ws", help="ws, twilio, audiosocket or webrtc")
     call.add_argument("--calls", type=int, default=1, help="concurrent calls")
-    call.add_argument("--barge-in-ms", type=int, default=None, help="talk over the answer after this much of it")
-    call.add_argument("--wav", type=Path, default=None, help="16-bit WAV question (default: TTS questions)")
+    call.add_argument("--barge-in-ms", type=int, default=None, help="talk over the first answer after this much of it")
+    call.add_argument("--questions", type=int, default=2, help="questions each call asks, one after the other")
+    call.add_argument("--seed", type=int, default=0, help="seed of the 0.3-0.6 s pauses between a question's sentences")
+    call.add_argument(
+        "--turn-timeout-s", type=float, default=None, help="an answer must start within this (default 30)"
+    )
+    call.add_argument(
+        "--wav",
+        action="append",
+        default=[],
+        help="ask this 16-bit WAV recording (any rate) instead of the TTS questions; repeatable, or a comma list",
+    )
     evaluate = sub.add_parser("eval", help="measure a part of the gateway on a question set; prints JSON")
     evaluate.add_argument("what", choices=["knowledge"], help="knowledge: matching of questions to entries")
     evaluate.add_argument("rest", nargs=argparse.REMAINDER, help="FILE [--kb PATH]")
@@ -91,12 +111,22 @@ def main(argv: list[str] | None = None) -> None:
     if args.command == "eval":
         from inzwa_voice.knowledge.evaluate import main as evaluate_knowledge
 
-        raise SystemExit(evaluate_knowledge(args.rest))
+        raise SystemExit(evaluate_knowledge(args.rest, embed=_embed(_settings())))
     if args.command == "call":
-        from inzwa_voice.simulator.run import simulate
+        from inzwa_voice.simulator.questions import wav_paths
+        from inzwa_voice.simulator.run import TURN_TIMEOUT_S, simulate
 
         summary = asyncio.run(
-            simulate(args.url, leg=args.leg, calls=args.calls, barge_in_after_ms=args.barge_in_ms, wav=args.wav)
+            simulate(
+                args.url,
+                leg=args.leg,
+                calls=args.calls,
+                questions_per_call=args.questions,
+                barge_in_after_ms=args.barge_in_ms,
+                wavs=wav_paths(args.wav),
+                seed=args.seed,
+                turn_timeout_s=args.turn_timeout_s or TURN_TIMEOUT_S,
+            )
         )
         print(json.dumps(summary, indent=2))
         return
@@ -107,10 +137,7 @@ def main(argv: list[str] | None = None) -> None:
     elif args.command == "models":
         prepare_models(settings)
     else:
-        shown = settings.model_dump(mode="json")
-        shown["api_keys"] = [f"***{len(shown['api_keys'])} keys***"] if shown["api_keys"] else []
-        shown["llm_api_key"] = "***" if shown["llm_api_key"] else None
-        print(json.dumps(shown, indent=2))
+        print(json.dumps(settings.masked(), indent=2))
 
 
 if __name__ == "__main__":

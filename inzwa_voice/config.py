@@ -7,13 +7,29 @@ with a message naming the environment variable, so a typo never becomes a silent
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Final, Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 ENV_PREFIX = "INZWA_"
+
+SECRET_SETTINGS: Final = frozenset(
+    {
+        "api_keys",
+        "llm_api_key",
+        "twilio_auth_token",
+        "webrtc_turn_credential",
+        "webrtc_token_secret",
+        "sip_password",
+        "db_url",
+    }
+)
+"""Settings that are never shown: ``check-config`` prints whether each is set, an invalid one's
+error leaves its value out. A new secret setting is added here (a test finds names that look
+secret and are not)."""
 
 
 class SettingsError(Exception):
@@ -45,7 +61,12 @@ class Settings(BaseSettings):
         description="Where packaged models are assembled once (whisper, gguf).",
     )
     warmup: bool = Field(True, description="Run one tiny inference per engine at start-up.")
-    inference_workers: int = Field(4, ge=1, le=64, description="Threads for model calls; models release the GIL.")
+    inference_workers: int = Field(
+        32, ge=1, le=256, description="Threads that host model calls (how many run at once is inference_slots)."
+    )
+    inference_slots: int | None = Field(
+        None, ge=1, le=64, description="Model runs at once (the inference scheduler's slots); default: cores / 2."
+    )
 
     # --- VAD ---
     vad_engine: Literal["silero"] = "silero"
@@ -59,7 +80,9 @@ class Settings(BaseSettings):
     )
     asr_compute_type: Literal["int8", "int8_float32", "float32", "float16", "int8_float16"] = "int8"
     asr_device: Literal["cpu", "cuda", "auto"] = "cpu"
-    asr_threads: int = Field(2, ge=1, le=64, description="CTranslate2 intra-op threads per decode.")
+    asr_threads: int | None = Field(
+        None, ge=1, le=64, description="CTranslate2 intra-op threads per decode; default: cores / inference slots."
+    )
     language: str = Field("sn", description="The helpline's language: ASR default, safety templates (Whisper code).")
     languages: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: ["sn", "en"], description="Languages a request may ask for."
@@ -87,7 +110,7 @@ class Settings(BaseSettings):
         "completion; 'auto': the packaged model's own way, or chat when the GGUF carries a template.",
     )
     llm_context: int = Field(2048, ge=256, le=131072)
-    llm_threads: int = Field(2, ge=1, le=64)
+    llm_threads: int | None = Field(None, ge=1, le=64, description="llama.cpp threads; default: cores / slots.")
     llm_max_tokens: int = Field(160, ge=1, le=4096, description="Default cap on generated tokens.")
     llm_temperature: float = Field(0.3, ge=0.0, le=2.0)
     llm_token_timeout_s: float = Field(10.0, gt=0, description="Longest wait for the next token.")
@@ -104,7 +127,15 @@ class Settings(BaseSettings):
     # --- TTS ---
     tts_engine: Literal["piper"] = "piper"
     tts_voice: str = Field("joe", description="Default voice id.")
-    tts_threads: int = Field(1, ge=1, le=64)
+    tts_threads: int | None = Field(None, ge=1, le=64, description="onnxruntime threads; default: cores / slots.")
+
+    # --- sentence embeddings (knowledge matching by meaning, English) ---
+    embedding_engine: Literal["minilm", "none"] = Field(
+        "minilm",
+        description="'minilm': English questions also match the knowledge base by meaning (packaged "
+        "all-MiniLM-L6-v2 int8); 'none': lexical matching only.",
+    )
+    embedding_threads: int = Field(1, ge=1, le=64, description="onnxruntime threads per embedding (a few ms each).")
 
     # --- turn-taking (media time; see inzwa_voice/conversation/turns.py) ---
     turn_start_ms: int = Field(120, ge=20, le=2000, description="Voiced audio before speech counts (and barges in).")
@@ -134,6 +165,14 @@ class Settings(BaseSettings):
     db_path: Path = Field(
         Path.home() / ".local" / "share" / "inzwa-voice" / "calls.db",
         description="SQLite file of call records (calls, turns, events); its folder is created.",
+    )
+    db_url: SecretStr | None = Field(
+        None,
+        description="PostgreSQL call records shared by every gateway (postgresql://user:pass@host/db); "
+        "when set, db_path is not used.",
+    )
+    records_retention_days: float | None = Field(
+        None, gt=0, description="Delete call records older than this many days (checked hourly); unset: keep all."
     )
 
     # --- Twilio ---
@@ -205,12 +244,39 @@ class Settings(BaseSettings):
         "languages", "api_keys", "webrtc_ice_servers", "webrtc_host_addresses", "sip_allowed_sources", mode="before"
     )(_split_csv)
 
+    def masked(self) -> dict[str, object]:
+        """The settings as JSON values, each of ``SECRET_SETTINGS`` replaced by whether it is set."""
+        shown: dict[str, object] = self.model_dump(mode="json")
+        for name in SECRET_SETTINGS:
+            value = shown[name]
+            if isinstance(value, list):
+                shown[name] = [f"***{len(value)} set***"] if value else []
+            else:
+                shown[name] = "***" if value else None
+        return shown
+
+    @property
+    def slots(self) -> int:
+        """Model runs at once: ``inference_slots``, else one per two cores (on two cores, one run
+        with both: each model wants both, and two at once only slow each other)."""
+        return self.inference_slots or max(1, _cores() // 2)
+
+    @property
+    def run_threads(self) -> int:
+        """Threads per model run, where ``*_threads`` does not say: the cores shared by the slots."""
+        return max(1, _cores() // self.slots)
+
     @field_validator("language")
     @classmethod
     def _language_code(cls, value: str) -> str:
         if not value.isalpha() or not 2 <= len(value) <= 3:
             raise ValueError("must be a Whisper language code such as 'sn' or 'en'")
         return value.lower()
+
+
+def _cores() -> int:
+    """The cores this process may run on (a container's CPU set, not the host's)."""
+    return len(os.sched_getaffinity(0))
 
 
 def load_settings(**overrides: object) -> Settings:
@@ -221,6 +287,6 @@ def load_settings(**overrides: object) -> Settings:
         lines = []
         for err in exc.errors():
             name = ENV_PREFIX + "_".join(str(part) for part in err["loc"]).upper()
-            shown = "***" if any(s in name for s in ("KEY", "TOKEN", "PASSWORD")) else repr(err.get("input"))
+            shown = "***" if err["loc"] and err["loc"][0] in SECRET_SETTINGS else repr(err.get("input"))
             lines.append(f"invalid setting {name}: {err['msg']} (got {shown})")
         raise SettingsError("\n".join(lines)) from None

@@ -11,6 +11,8 @@ import asyncio
 import dataclasses
 from collections.abc import Awaitable, Callable
 
+import pytest
+
 from inzwa_voice.config import load_settings
 from inzwa_voice.conversation.calls import CallEvent, CallManager
 from inzwa_voice.conversation.prompts import Preparation, PromptAudio
@@ -134,9 +136,9 @@ def test_a_paused_question_is_answered_once_after_its_last_sentence() -> None:
         assert last_voiced is not None
         (final,) = leg.events("asr.final")
         assert final.event["text"] == "hello where is the clinic"
-        # The speculative decode of the pause was dropped when the caller went on; one answer.
-        decodes = call.engines.asr.calls
-        assert any(c.outcome == "cancelled" for c in decodes)
+        # Each stretch decoded once, the second with the first's words as its prompt; one answer.
+        decodes = [(c.text, c.prompt, c.outcome) for c in call.engines.asr.calls]
+        assert decodes == [("hello", None, "done"), ("where is the clinic", "hello", "done")]
         (answered,) = call.engines.llm.calls
         assert answered.outcome == "done"
         starts = leg.events("tts.start")
@@ -152,6 +154,114 @@ def test_a_paused_question_is_answered_once_after_its_last_sentence() -> None:
         )
 
     scripted(body)
+
+
+def test_each_stretch_of_a_three_sentence_question_is_decoded_once_with_the_earlier_words_as_prompt() -> None:
+    async def body(call: Call) -> None:
+        leg = call.leg
+        await call.caller.run(
+            [
+                wait_until(greeted(leg)),
+                speak(1000, "hello"),
+                pause(440),
+                speak(900, "i need help"),
+                pause(500),
+                speak(1200, "when does the clinic open"),
+                pause(5000),
+            ]
+        )
+        last_voiced = call.caller.last_voiced_at
+        assert last_voiced is not None
+        decodes = call.engines.asr.calls
+        assert [(c.text, c.prompt) for c in decodes] == [
+            ("hello", None),
+            ("i need help", "hello"),
+            ("when does the clinic open", "hello i need help"),
+        ]
+        # A stretch is its speech, not the pause before it: a pre-roll and the 300 ms of silence
+        # that closed it at most.
+        assert [round(c.audio_s, 2) for c in decodes] == [1.52, 1.34, 1.7]
+        # The last stretch's decode started at the pause, before the endpoint.
+        assert decodes[-1].started - last_voiced == pytest.approx(0.3, abs=0.05)
+        (final,) = leg.events("asr.final")
+        assert final.event["text"] == "hello i need help when does the clinic open"
+        partials = [e.event["text"] for e in leg.events("asr.partial")]
+        assert partials[:2] == ["hello", "hello i need help"]  # the stretches, no decode of their own
+        (metrics,) = leg.events("turn.metrics")
+        assert metrics.event["runs"] == {"asr": 3, "llm": 1}
+        # Answered once, after the last sentence, never into a pause.
+        starts = leg.events("tts.start")
+        assert len(starts) == 2 and starts[1].at - last_voiced >= 0.7
+
+    scripted(body)
+
+
+def test_a_caller_who_goes_on_keeps_the_stretches_decoded_and_only_the_speculative_answer_is_dropped() -> None:
+    async def body(call: Call) -> None:
+        leg = call.leg
+        await call.caller.run(
+            [
+                wait_until(greeted(leg)),
+                speak(1000, "hello"),
+                pause(640),  # the answer is being thought of when the caller goes on
+                speak(900, "where is the clinic"),
+                pause(5000),
+            ]
+        )
+        asr, llm = call.engines.asr.calls, call.engines.llm.calls
+        assert [(c.text, c.outcome) for c in asr] == [("hello", "done"), ("where is the clinic", "done")]
+        assert [(c.outcome, c.text) for c in llm] == [("cancelled", ""), ("done", ANSWER)]
+        assert len(leg.events("tts.start")) == 2  # the greeting, then the one answer
+        (metrics,) = leg.events("turn.metrics")
+        assert metrics.event["runs"] == {"asr": 2, "llm": 2}
+
+    scripted(
+        body,
+        asr=(Decode(latency_s=0.05), Decode(latency_s=0.05)),
+        llm=FakeLLM(Generate(ANSWER, first_token_s=0.5), default=ANSWER),
+    )
+
+
+def test_on_one_slot_a_callers_stretch_gets_in_between_another_calls_tokens_and_stale_work_is_dropped() -> None:
+    long_answer = "The clinic opens at eight. It closes at five. It is shut on Sundays and on public holidays."
+
+    async def main() -> None:
+        words = Phrasebook()
+        llm = FakeLLM(Generate(long_answer, per_token_s=0.1), default=ANSWER)
+        engines = FakeInference(FakeASR(words, Decode(), Decode(latency_s=0.1)), llm=llm, slots=1)
+        first, second = Call(engines, words, FakeLeg(), None), Call(engines, words, FakeLeg(), None)
+        second.manager = first.manager
+        await first.start()
+        await second.start()
+        asking = first.caller.run([wait_until(greeted(first.leg)), speak(800, "when does it open"), pause(8000)])
+        going_on = second.caller.run(
+            [
+                wait_until(greeted(first.leg)),
+                wait_until(lambda: bool(llm.calls and llm.calls[0].pieces)),  # the first call's answer is generating
+                speak(1000, "hello"),
+                pause(640),  # decoded, and an answer asked for, before the caller goes on
+                speak(800, "where is the clinic"),
+                pause(6000),
+            ]
+        )
+        await asyncio.gather(asking, going_on)
+        generating = llm.calls[0]
+        assert generating.outcome == "done" and generating.ended is not None
+        stretches = [c for c in engines.asr.calls if c.text in ("hello", "where is the clinic")]
+        assert len(stretches) == 2 and stretches[0].ended is not None
+        assert stretches[0].ended < generating.ended, "the stretch did not wait for the whole answer"
+        # The second caller's speculative answer was queued behind the first call's generation
+        # (one llama.cpp context) and dropped when they went on: it never ran.
+        dropped = engines.metrics.registry.get_sample_value(
+            "inzwa_inference_runs_total", {"engine": "llm", "priority": "speculative", "outcome": "dropped"}
+        )
+        assert dropped == 1
+        assert [e.event["text"] for e in second.leg.events("asr.final")] == ["hello where is the clinic"]
+        assert len(second.leg.events("tts.start")) == 2
+        for call in (first, second):
+            await call.session.end("completed")
+
+    run_virtual(main, limit_s=600)
 
 
 def test_the_transcript_comes_before_the_answer_even_when_the_answer_is_ready_first() -> None:

@@ -164,13 +164,14 @@ async def test_the_llm_engine_setting_picks_the_remote_engine(
 
 
 class GatedASR:
-    """A blocking ASR that decodes only when the test lets it, to watch ``asr_busy`` meanwhile."""
+    """A blocking ASR that decodes only when the test lets it, to watch the scheduler meanwhile."""
 
     sample_rate = 16000
 
     def __init__(self) -> None:
         self.started = threading.Event()
         self.release = threading.Event()
+        self.decodes = 0
 
     def transcribe(
         self,
@@ -180,23 +181,35 @@ class GatedASR:
         prompt: str | None = None,
         max_new_tokens: int | None = None,
     ) -> Transcript:
+        self.decodes += 1
         self.started.set()
         self.release.wait(timeout=30)
         return Transcript(text="done", segments=[], language=language or "en", duration_s=len(audio) / 16000)
 
 
-async def test_asr_busy_while_a_decode_runs(engines: Engines) -> None:
+async def test_a_cancelled_decode_keeps_its_slot_until_its_thread_returns_and_queued_ones_drop(
+    engines: Engines,
+) -> None:
     asr = GatedASR()
-    with ThreadPoolExecutor(2) as executor:
+    with ThreadPoolExecutor(4) as executor:
         gated = Engines(executor, Metrics(), engines.vad, asr, engines.llm, engines.tts, [])
         calls: Inference = gated  # the conversation's view of the engines (checked by mypy)
-        assert not calls.asr_busy
-        decode = asyncio.ensure_future(calls.transcribe(np.zeros(16000, np.float32), language="en"))
-        await asyncio.get_running_loop().run_in_executor(executor, asr.started.wait, 30)
-        assert calls.asr_busy
+        audio = np.zeros(16000, np.float32)
+        first = asyncio.ensure_future(calls.transcribe(audio, language="en"))
+        await asyncio.get_running_loop().run_in_executor(None, asr.started.wait, 30)
+        first.cancel()  # the decode cannot stop: its slot stays taken
+        queued = asyncio.ensure_future(calls.transcribe(audio, language="en"))
+        second = asyncio.ensure_future(calls.transcribe(audio, language="en"))
+        for _ in range(3):  # both reach the scheduler's queue
+            await asyncio.sleep(0)
+        assert asr.decodes == 1 and not (queued.done() or second.done())
+        queued.cancel()  # no longer needed before it started: it never runs
         asr.release.set()
-        assert (await decode).text == "done"
-        assert not calls.asr_busy
+        assert (await second).text == "done"
+        assert asr.decodes == 2 and gated.scheduler.idle
+        runs = gated.metrics.inference_runs
+        assert runs.labels("asr", "rest", "ran")._value.get() == 2
+        assert runs.labels("asr", "rest", "dropped")._value.get() == 1
 
 
 def test_a_loader_describes_what_it_loaded(tmp_path: Path) -> None:

@@ -328,11 +328,11 @@ def test_a_stalled_decode_holds_until_cancelled_and_a_failing_one_raises() -> No
         audio = audio_of(words, ("mhoro", 10))
         decode = asyncio.create_task(engines.transcribe(audio))
         await asyncio.sleep(5)
-        assert engines.asr_busy and not decode.done()
+        assert fake.asr.busy and not decode.done()
         with pytest.raises(TimeoutError):
             async with asyncio.timeout(1):
                 await decode
-        assert not engines.asr_busy
+        assert not fake.asr.busy
         with pytest.raises(RuntimeError, match="decoder broke"):
             await engines.transcribe(audio)
         assert [(c.ended, c.outcome) for c in fake.asr.calls] == [(6.0, "cancelled"), (6.4, "failed")]
@@ -453,7 +453,7 @@ def test_a_pause_inside_the_question_prefetches_then_resumes_and_the_asr_hears_b
             TurnEvent.PREFETCH,
             TurnEvent.ENDPOINT,
         ]
-        utterance = (call.detector.take_utterance() / 32768).astype(np.float32)
+        utterance = (call.detector.take_stretch() / 32768).astype(np.float32)
         assert (await FakeASR(words, default=Decode(latency_s=0)).transcribe(utterance)).text == "kiriniki iri kupi"
 
     run_virtual(main, limit_s=10)
@@ -507,4 +507,4 @@ def test_the_fakes_are_the_protocols() -> None:
     engines: Inference = FakeInference(FakeASR(words))
     leg: Leg = FakeLeg("twilio")
     call: Call = TurnCall(TurnDetector(engines.vad.stream(), TurnSettings()))
-    assert (leg.kind, call.active, engines.asr_busy) == ("twilio", True, False)
+    assert (leg.kind, call.active, engines.metrics) == ("twilio", True, engines.metrics)

@@ -8,6 +8,7 @@ import contextlib
 import json
 import os
 
+import numpy as np
 import pytest
 
 from inzwa_voice.api.keys import CALLS
@@ -78,6 +79,49 @@ async def test_a_spoken_question_gets_a_spoken_answer(make_server: ServerFactory
         await caller.hang_up()
 
 
+async def paused_question(engines: Engines, sentences: list[str], pauses_ms: list[int]) -> tuple[np.ndarray, int]:
+    """The sentences spoken by the packaged voice with the silence between them ``pauses_ms``
+    long (the voice's own trailing and leading silence counted in); and where the last sentence's
+    voice ends, in ms from the start."""
+    parts: list[np.ndarray] = []
+    for k, sentence in enumerate(sentences):
+        pcm = await speak(engines, sentence)
+        voiced = np.nonzero(np.abs(pcm.astype(np.int32)) > 500)[0]
+        pcm = pcm[voiced[0] : voiced[-1] + 1]
+        parts.append(pcm)
+        if k < len(pauses_ms):
+            parts.append(np.zeros(16 * pauses_ms[k], dtype=np.int16))
+    audio = np.concatenate(parts)
+    return np.concatenate([audio, np.zeros(16000, dtype=np.int16)]), len(audio) // 16
+
+
+async def test_a_paused_three_sentence_question_is_answered_once_after_its_last_sentence(
+    make_server: ServerFactory, engines: Engines
+) -> None:
+    server = await english_server(make_server)
+    caller = await call(server)
+    question, voice_ends_ms = await paused_question(
+        engines, ["Hello.", "I need some help please.", "Where is the nearest clinic?"], [440, 500]
+    )
+    try:
+        await greeted(caller)
+        start = caller.say(question)
+        final = await caller.wait_for("asr.final")
+        assert "help" in final["text"].lower() and "clinic" in final["text"].lower()
+        metrics = await caller.wait_for("turn.metrics", timeout=90)
+        assert metrics["id"] == final["id"]
+        # One decode per stretch (the pauses split it in three), none of the whole question again.
+        assert 1 <= metrics["runs"]["asr"] <= 3
+        # Answered once, and nothing of it while the caller was still asking.
+        answers = [e["id"] for ms, e in caller.timeline.events if ms >= start and e["type"] == "tts.start"]
+        assert answers == [final["id"]]
+        # (From one paced lead on: the greeting's last frames may still arrive as the caller starts.)
+        assert not caller.timeline.bot_spoke_during(start + 100, start + voice_ends_ms)
+        assert len(caller.events("asr.final")) == 1
+    finally:
+        await caller.hang_up()
+
+
 async def test_barge_in_stops_the_bot_within_300_ms_of_media_time(make_server: ServerFactory, engines: Engines) -> None:
     server = await english_server(make_server)
     caller = await call(server)
@@ -137,7 +181,7 @@ async def test_dtmf_must_be_one_keypad_digit(make_server: ServerFactory) -> None
     server = await english_server(make_server)
     caller = await call(server)
     try:
-        for digit in ["", "0123", "A", 5, None]:
+        for digit in ["", "0123", "*#", "A", 5, None]:
             await caller.send_json({"type": "dtmf", "digit": digit})
             error = await caller.wait_for("error")
             assert (error["code"], error["recoverable"]) == ("bad_dtmf", True), digit

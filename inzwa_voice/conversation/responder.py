@@ -1,18 +1,24 @@
 """The bot's side of a call: one reply at a time, each an object with an explicit state.
 
 A reply to the caller starts ``speculative`` when the turn detector sees a short pause: the
-caller's words are decoded, the safe reply is generated and its first phrases synthesized, but
-nothing plays. The endpoint ``commit``s it and its phrases play in order; speech before the
-endpoint ``drop``s it. Once audio is queued it is ``playing``; it ends ``played`` (the leg
-confirmed the last frame), ``interrupted`` (a barge-in: the caller heard only part of it),
-``dropped`` or ``failed`` (a stage broke or timed out: the caller hears the profile's authored
-apology, never silence). Fixed prompts (greeting, re-prompt, goodbye) are replies too, without
+caller's words so far (the turn's :class:`Utterance`, decoded stretch by stretch) are awaited,
+the safe reply is generated and its first phrases synthesized, but nothing plays. The endpoint
+``commit``s it and its phrases play in order; speech before the endpoint ``drop``s it (the
+stretches already decoded stay with the turn). Once audio is queued it is ``playing``; it ends
+``played`` (the leg confirmed the last frame), ``interrupted`` (a barge-in: the caller heard
+only part of it), ``dropped`` or ``failed`` (a stage broke or timed out: the caller hears the
+profile's authored apology, never silence). Fixed prompts (greeting, re-prompt, goodbye) are replies too, without
 a caller turn, so barge-in and playout work the same for them.
 
 Three tasks per answer keep the stages from waiting on each other: the transcription (its own
 task, so a hang-up can still keep the caller's words), the producer (brain → phrases → TTS),
 and the player (waits for the commit, then queues each phrase's frames on the leg). Whatever a
 reply tells the client or the record goes through the call's :class:`Outbox`, in order.
+
+Every model run of a reply goes through the inference scheduler at the reply's urgency:
+speculative while the caller may go on, ``FIRST_PHRASE`` from the commit until its first phrase
+is ready (so another call's speculation or a REST request never delays it), then speculative
+again (the later phrases have the first one's playout to be ready in).
 """
 
 from __future__ import annotations
@@ -24,12 +30,10 @@ import enum
 import logging
 import time
 import uuid
-from collections.abc import AsyncGenerator, Callable, Coroutine
+from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine
 from contextlib import aclosing
 from dataclasses import dataclass, field
-from typing import Any
-
-import numpy as np
+from typing import Any, TypeVar
 
 from inzwa_voice.conversation.brain import Answer, Dialog, Source
 from inzwa_voice.conversation.memory import Memory
@@ -38,16 +42,16 @@ from inzwa_voice.conversation.ports import Leg
 from inzwa_voice.conversation.prompts import PromptAudio, synthesize_frames
 from inzwa_voice.conversation.recorder import Recorder
 from inzwa_voice.conversation.reply import ReplyInfo
+from inzwa_voice.conversation.utterance import STAGE_TIMEOUT_S, Utterance
 from inzwa_voice.core import FRAME_MS, PCM16, CallInfo, Profile
 from inzwa_voice.engines.base import ChatMessage, Inference
-from inzwa_voice.media.framing import pcm16_to_float
+from inzwa_voice.engines.scheduler import Priority, Urgency
 from inzwa_voice.store import Outcome, TurnRecord
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 LATENCY_STAGES = ("endpoint", "asr_final", "llm_first_token", "first_phrase", "tts_first_audio", "first_frame_sent")
-STAGE_TIMEOUT_S = 10.0
-"""Longest wait for one stage: a decode, the next phrase from the model, one phrase's speech."""
 PLAYOUT_GRACE_S = 5.0
 """A leg that never confirms playback costs the audio still queued plus this, never the call."""
 KEEP_WORDS_S = 5.0
@@ -78,11 +82,12 @@ class Phrase:
 
 @dataclass(eq=False)
 class Reply:
-    """One reply: an answer to the caller's utterance, or a fixed prompt (``caller_audio`` None)."""
+    """One reply: an answer to the caller's utterance, or a fixed prompt (``utterance`` None)."""
 
     id: str
     index: int
-    caller_audio: PCM16 | None = None
+    utterance: Utterance | None = None
+    urgency: Urgency = field(default_factory=lambda: Urgency(Priority.FIRST_PHRASE))
     last_voiced_at: float = 0.0  # loop time of the caller's last voiced frame
     state: ReplyState = ReplyState.SPECULATIVE
     stage: str = "asr"
@@ -107,7 +112,7 @@ class Reply:
 
     @property
     def is_prompt(self) -> bool:
-        return self.caller_audio is None
+        return self.utterance is None
 
     @property
     def full_text(self) -> str:
@@ -151,7 +156,7 @@ class Responder:
         profile: Callable[[], Profile],
         leg: Leg,
         inference: Inference,
-        decide: Callable[[str, Dialog, list[ChatMessage]], Answer],
+        decide: Callable[[str, Dialog, list[ChatMessage]], Awaitable[Answer]],
         voice_for: Callable[[str], str],
         memory: Memory,
         outbox: Outbox,
@@ -180,7 +185,7 @@ class Responder:
         self._index = 0
         self.current: Reply | None = None  # committed, playing
         self.speculative: Reply | None = None
-        self._carry: PCM16 | None = None  # an unanswered utterance the caller went on with
+        self._utterance: Utterance | None = None  # the caller's turn in progress (and one they went on with)
 
     # ----- what the session asks -----
     @property
@@ -188,39 +193,55 @@ class Responder:
         """The bot is speaking or about to: caller speech now is a barge-in."""
         return self.current is not None or self._leg.played_frames < self._queued
 
-    def speculate(self, audio: PCM16, last_voiced_at: float, *, answer: bool = True) -> Reply:
-        """Start answering ``audio`` before the endpoint; nothing plays until ``commit``.
-        ``answer=False`` only decodes it (the call is ending: the words are kept, not answered)."""
+    @property
+    def hearing(self) -> bool:
+        """Some of the caller's words are heard (stretches decoding or decoded) and not yet answered."""
+        return self._utterance is not None and self._utterance.stretches > 0
+
+    def hear(self, stretch: PCM16) -> None:
+        """A stretch of the caller's speech closed at a pause: its decode starts now."""
+        self._open_utterance().add(stretch)
+
+    def speculate(self, last_voiced_at: float, *, answer: bool = True) -> Reply:
+        """Start answering the caller's words so far before the endpoint; nothing plays until
+        ``commit``. ``answer=False`` only keeps them (the call is ending: recorded, not answered)."""
         self.drop()
-        if self._carry is not None:
-            audio = np.concatenate([self._carry, audio])
-        reply = self._new_reply(caller_audio=audio, last_voiced_at=last_voiced_at)
+        utterance = self._open_utterance()
+        reply = self._new_reply(utterance=utterance, last_voiced_at=last_voiced_at)
+        reply.urgency = Urgency(Priority.SPECULATIVE, runs=utterance.urgency.runs)  # one count per turn
         reply.dialog = copy.copy(self.dialog)
-        reply.transcription = asyncio.ensure_future(self._transcribe(reply))
+        # Not a logged task: a failed decode is the producer's to report.
+        reply.transcription = asyncio.get_running_loop().create_task(
+            self._transcribe(reply), context=reply.urgency.context()
+        )
         reply.transcription.add_done_callback(_retrieved)
         if answer:
-            reply.tasks += [self._spawn(self._produce(reply)), self._spawn(self._play(reply))]
+            reply.tasks += [self._spawn(self._produce(reply), reply), self._spawn(self._play(reply), reply)]
         self.speculative = reply
         return reply
 
     def drop(self) -> None:
-        """The caller went on speaking: the speculation is void (its decode too)."""
+        """The caller went on speaking: the speculative answer is void; the stretches decoded stay."""
         reply, self.speculative = self.speculative, None
         if reply is not None:
             self._stop(reply, ReplyState.DROPPED, keep_transcription=False)
 
-    def commit(self, audio: PCM16, last_voiced_at: float, at: float) -> Reply:
-        """The caller finished: the speculative reply (or a new one for ``audio``) plays."""
-        reply = self.speculative if self.speculative is not None else self.speculate(audio, last_voiced_at)
+    def commit(self, last_voiced_at: float, at: float) -> Reply:
+        """The caller finished: the speculative reply (or a new one for their words) plays."""
+        reply = self.speculative if self.speculative is not None else self.speculate(last_voiced_at)
         self.speculative = None
-        self._carry = None
+        self._utterance = None  # the next words are the next turn's
+        assert reply.utterance is not None
+        reply.utterance.commit()
+        if not reply.phrases:
+            reply.urgency.priority = Priority.FIRST_PHRASE
         reply.state = ReplyState.COMMITTED
         reply.mark("endpoint", at)
         self.dialog = reply.dialog
         self.current = reply
         reply.committed.set()
         self._announce(reply)
-        reply.tasks.append(self._spawn(self._hold_prompt(reply)))
+        reply.tasks.append(self._spawn(self._hold_prompt(reply), reply))
         return reply
 
     def say_answer(self, answer: Answer) -> Reply:
@@ -230,7 +251,7 @@ class Responder:
         reply.state = ReplyState.COMMITTED
         reply.committed.set()
         self.current = reply
-        reply.tasks.append(self._spawn(self._speak_answer(reply, answer)))
+        reply.tasks.append(self._spawn(self._speak_answer(reply, answer), reply))
         return reply
 
     async def _speak_answer(self, reply: Reply, answer: Answer) -> None:
@@ -244,7 +265,7 @@ class Responder:
         reply.state = ReplyState.COMMITTED
         reply.committed.set()
         self.current = reply
-        reply.tasks.append(self._spawn(self._prompt(reply, text, arm_idle)))
+        reply.tasks.append(self._spawn(self._prompt(reply, text, arm_idle), reply))
         return reply
 
     def interrupt(self, *, barge_in: bool) -> None:
@@ -254,10 +275,12 @@ class Responder:
         self._queued = played
         if reply is None:
             return
-        if not reply.is_prompt and reply.caller_text is None and not reply.queued_any:
-            # Not yet understood and nothing said: the caller was not done. Their audio joins
-            # the next utterance instead of being answered, or lost.
-            self._carry = reply.caller_audio
+        if reply.utterance is not None and reply.caller_text is None and not reply.queued_any:
+            # Not yet understood and nothing said: the caller was not done. Their stretches
+            # (decoded or decoding) begin the next utterance instead of being answered, or lost.
+            if self._utterance is None:
+                self._utterance = reply.utterance
+                reply.utterance.reopen()
             self._stop(reply, ReplyState.DROPPED, keep_transcription=False)
             return
         heard = reply.heard(played)
@@ -299,16 +322,17 @@ class Responder:
         for reply in (self.current, self.speculative):
             if reply is not None and reply.transcription is not None:
                 reply.transcription.cancel()
-        self.current = self.speculative = None
+        for utterance in {r.utterance for r in pending} | {self._utterance}:
+            if utterance is not None:
+                utterance.cancel()
+        self.current = self.speculative = self._utterance = None
 
     # ----- stages -----
     async def _transcribe(self, reply: Reply) -> str:
-        assert reply.caller_audio is not None
-        audio = pcm16_to_float(reply.caller_audio)
-        async with asyncio.timeout(STAGE_TIMEOUT_S):
-            result = await self._inference.transcribe(audio, language=self._profile().language)
+        assert reply.utterance is not None
+        text = await reply.utterance.text()
         reply.mark("asr_final", _now())
-        reply.caller_text = result.text.strip()
+        reply.caller_text = text.strip()
         self._announce(reply)
         return reply.caller_text
 
@@ -326,7 +350,7 @@ class Responder:
             history = self._memory.messages
             if reply.announced and history and history[-1].role == "user":
                 history = history[:-1]  # the question itself, remembered at the endpoint
-            answer = self._decide(text, reply.dialog, history)
+            answer = await self._decide(text, reply.dialog, history)
             reply.answer, reply.info = answer, answer.info
             voice = profile.voice if answer.language is None else self._voice_for(answer.language)
             if answer.text is not None:
@@ -366,6 +390,8 @@ class Responder:
     @staticmethod
     async def _hand_over(reply: Reply, phrase: Phrase) -> None:
         reply.phrases.append(phrase)
+        if reply.urgency.priority is Priority.FIRST_PHRASE:
+            reply.urgency.priority = Priority.SPECULATIVE  # the next phrases have this one's playout
         await reply.queue.put(phrase)
 
     async def _play(self, reply: Reply) -> None:
@@ -467,9 +493,21 @@ class Responder:
             self._metrics.call_errors.labels(self._info.leg, "playout_timeout").inc()
 
     # ----- bookkeeping -----
-    def _new_reply(self, *, caller_audio: PCM16 | None = None, last_voiced_at: float = 0.0) -> Reply:
+    def _new_reply(self, *, utterance: Utterance | None = None, last_voiced_at: float = 0.0) -> Reply:
         self._index += 1
-        return Reply(uuid.uuid4().hex[:12], self._index, caller_audio=caller_audio, last_voiced_at=last_voiced_at)
+        return Reply(uuid.uuid4().hex[:12], self._index, utterance=utterance, last_voiced_at=last_voiced_at)
+
+    def _open_utterance(self) -> Utterance:
+        if self._utterance is None:
+            language = self._profile().language
+            utterance = Utterance(self._inference, language, lambda text: self._partial(utterance, text))
+            self._utterance = utterance
+        return self._utterance
+
+    def _partial(self, utterance: Utterance, text: str) -> None:
+        """A stretch decoded while the caller's turn is still open: what they said so far."""
+        if utterance is self._utterance and text:
+            self._outbox.event({"type": "asr.partial", "text": text})
 
     def _announce(self, reply: Reply, *, force: bool = False) -> None:
         """Once committed and understood: the caller's words go to memory, the record and the
@@ -501,8 +539,15 @@ class Responder:
         if reply.queued_any:
             self._outbox.event({"type": "tts.end", "id": reply.id, **_source(reply)})
         if reply.announced:
+            runs = {engine: reply.urgency.runs[engine] for engine in ("asr", "llm")}
             self._outbox.event(
-                {"type": "turn.metrics", "id": reply.id, "latency_ms": dict(reply.marks), **_source(reply)}
+                {
+                    "type": "turn.metrics",
+                    "id": reply.id,
+                    "latency_ms": dict(reply.marks),
+                    "runs": runs,
+                    **_source(reply),
+                }
             )
         if arm_idle:
             self._on_quiet()
@@ -540,8 +585,9 @@ class Responder:
     def _record_event(self, kind: str, data: dict[str, object]) -> None:
         self._outbox.write(lambda: self._recorder.event(self._call_id, kind, data))
 
-    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
-        task = asyncio.ensure_future(coro)
+    def _spawn(self, coro: Coroutine[Any, Any, T], reply: Reply) -> asyncio.Task[T]:
+        """A task of ``reply``: its model runs go to the scheduler at the reply's urgency."""
+        task = asyncio.get_running_loop().create_task(coro, context=reply.urgency.context())
         task.add_done_callback(self._task_done)
         return task
 

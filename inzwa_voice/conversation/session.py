@@ -24,7 +24,7 @@ from typing import Any, Final
 
 import numpy as np
 
-from inzwa_voice.conversation.brain import Answer, Brain, Dialog, Knowledge
+from inzwa_voice.conversation.brain import Answer, Brain, Dialog, Knowledge, Source
 from inzwa_voice.conversation.memory import Memory
 from inzwa_voice.conversation.outbox import Outbox
 from inzwa_voice.conversation.ports import Leg
@@ -34,12 +34,10 @@ from inzwa_voice.conversation.responder import Reply, Responder
 from inzwa_voice.conversation.turns import TurnDetector, TurnEvent, TurnSettings
 from inzwa_voice.core import DTMF_DIGITS, FRAME_MS, FRAME_SAMPLES, PCM16, CallInfo, Profile
 from inzwa_voice.engines.base import ChatMessage, Inference
-from inzwa_voice.media.framing import pcm16_to_float
 
 log = logging.getLogger(__name__)
 
 _INBOUND_FRAMES: Final = 250  # 5 s of audio; beyond it the oldest frames are dropped
-_PARTIAL_EVERY_FRAMES: Final = 50  # re-decode the growing utterance every second of voiced speech
 GAP_FILL_S: Final = 0.1
 """No frame for this long: media time catches up with the wall clock in silent frames."""
 _SILENCE: Final = np.zeros(FRAME_SAMPLES, dtype=np.int16)
@@ -102,8 +100,6 @@ class CallSession:
             on_played=self._act,
         )
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._partial: asyncio.Task[None] | None = None
-        self._frames_since_partial = 0
         self._idle: asyncio.TimerHandle | None = None
         self._max_length: asyncio.TimerHandle | None = None
         self._reprompted = False
@@ -200,10 +196,12 @@ class CallSession:
             if task is not current:
                 task.cancel()
         if self._detector.in_speech and self._responder.speculative is None:
-            # A hang-up mid-sentence: the caller's words still count.
-            audio = self._detector.take_utterance()
-            if len(audio) >= _MIN_KEPT_FRAMES * FRAME_SAMPLES:
-                self._responder.speculate(audio, self._last_voiced_at(), answer=False)
+            # A hang-up mid-sentence: the caller's words still count, the open stretch too.
+            stretch = self._detector.take_stretch()
+            if len(stretch) >= _MIN_KEPT_FRAMES * FRAME_SAMPLES:
+                self._responder.hear(stretch)
+            if self._responder.hearing:
+                self._responder.speculate(self._last_voiced_at(), answer=False)
         await self._responder.close()
         self._outbox.write(lambda: self._recorder.end(self.id, self.info, disposition))  # before the caller is told
         self._outbox.event({"type": "call.end", "reason": disposition})
@@ -257,13 +255,6 @@ class CallSession:
         events = self._detector.force_endpoint() if frame is None else self._detector.push(frame)
         for event in events:
             self._on_turn_event(event)
-        # Partials only while the caller is audibly speaking: during the endpoint silence the
-        # cores belong to the final decode and the speculative answer.
-        if self._detector.in_speech and self._detector.voiced:
-            self._frames_since_partial += 1
-            if self._frames_since_partial >= _PARTIAL_EVERY_FRAMES:
-                self._frames_since_partial = 0
-                self._maybe_partial()
 
     def _on_turn_event(self, event: TurnEvent) -> None:
         responder = self._responder
@@ -273,35 +264,21 @@ class CallSession:
             if responder.busy:
                 responder.interrupt(barge_in=True)
         elif event is TurnEvent.PREFETCH:
-            if self._partial is not None:
-                self._partial.cancel()  # stale now, and it would delay the final decode
-            responder.speculate(self._detector.utterance(), self._last_voiced_at())
+            responder.hear(self._detector.take_stretch())
+            responder.speculate(self._last_voiced_at())
         elif event is TurnEvent.RESUMED:
             responder.drop()
         elif event is TurnEvent.ENDPOINT:
-            last_voiced = self._last_voiced_at()
-            responder.commit(self._detector.take_utterance(), last_voiced, asyncio.get_running_loop().time())
+            responder.commit(self._last_voiced_at(), asyncio.get_running_loop().time())
 
     def _last_voiced_at(self) -> float:
         """Loop time of the caller's last voiced frame, from the media clock's lag behind it."""
         silent_frames = self._detector.frames - max(0, self._detector.last_voiced_frame)
         return asyncio.get_running_loop().time() - silent_frames * FRAME_MS / 1000
 
-    def _maybe_partial(self) -> None:
-        # Partials are a courtesy; final transcripts are the answer's critical path. A decode
-        # already running (this call's or another's) means the cores are taken: skip this one.
-        if self._inference.asr_busy:
-            return
-        self._partial = self._spawn(self._transcribe_partial(self._detector.utterance()))
-
-    async def _transcribe_partial(self, audio: PCM16) -> None:
-        result = await self._inference.transcribe(pcm16_to_float(audio), language=self.profile.language)
-        if result.text and self._detector.in_speech:
-            self._outbox.event({"type": "asr.partial", "text": result.text})
-
     # ----- what the answers decide -----
-    def _decide(self, text: str, dialog: Dialog, history: list[ChatMessage]) -> Answer:
-        return self._brain.answer(
+    async def _decide(self, text: str, dialog: Dialog, history: list[ChatMessage]) -> Answer:
+        return await self._brain.answer(
             text,
             profile=self.profile,
             language=self.profile.language,
@@ -362,5 +339,17 @@ class CallSession:
         self._metrics.transfers.labels(self.info.leg, reason).inc()
         self._outbox.write(lambda: self._recorder.event(self.id, "transfer", {"reason": reason, "target": target}))
         self._outbox.event({"type": "transfer", "target": target, "reason": reason})
-        if target and await self.leg.transfer(target):
+        if not target:
+            # After hours: no person to hand over to. The caller hears when people are in (a
+            # crisis reply already said where to turn), and the record says why nobody came.
+            outcome: dict[str, object] = {"target": None, "ok": False, "status": 0, "reason": "no_target"}
+            self._outbox.write(lambda: self._recorder.event(self.id, "transfer_result", outcome))
+            human = self._brain.intent("human")
+            if reason != "safety" and human is not None and self._knowledge is not None:
+                words = self._knowledge.answer(human, self.profile.language, open_now=False)
+                self._cancel_idle()
+                self._responder.interrupt(barge_in=False)
+                self._responder.say_answer(Answer(Source("intent", human.id), words))
+            return
+        if await self.leg.transfer(target):
             await self.end("transferred")

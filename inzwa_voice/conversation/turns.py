@@ -6,8 +6,10 @@ cheap (one Silero window per 32 ms, run inline) so it never waits behind ASR, LL
 
 Why three points after speech: a natural question has 0.4–0.5 s pauses between sentences, so
 the endpoint waits ``endpoint_ms`` (700 ms) of silence; but at ``prefetch_ms`` (300 ms) the
-session already decodes the utterance and starts the LLM speculatively, so the answer is ready
-when the endpoint fires and is dropped if the caller goes on.
+stretch of speech since the previous pause is closed (``take_stretch``): the session decodes it
+at once, while the caller may go on, and starts the LLM speculatively on the stretches so far,
+so the answer is ready when the endpoint fires and only the speculation is dropped if the
+caller goes on. Each stretch is decoded once.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ __all__ = ["FRAME_MS", "TurnDetector", "TurnEvent", "TurnSettings"]
 class TurnEvent(enum.Enum):
     SPEECH_START = "speech_start"  # enough voiced audio to be speech (also the barge-in trigger)
     PREFETCH = "prefetch"  # a short silence: decode and think speculatively
-    RESUMED = "resumed"  # speech again after a prefetch: drop the speculation
+    RESUMED = "resumed"  # speech again after a prefetch: drop the speculation, keep the stretches
     ENDPOINT = "endpoint"  # a long silence: the caller's turn is over
 
 
@@ -54,6 +56,8 @@ class TurnDetector:
         self._in_speech = False
         self._prefetched = False
         self._utterance: list[PCM16] = []
+        self._stretch_start = 0  # frame of the utterance where the open stretch begins
+        self._taken_in_pause = False  # a stretch was taken since the caller last spoke
         self._pre_roll: list[PCM16] = []
         self.frames = 0  # media clock: frames seen since the call started
         self.last_voiced_frame = -1
@@ -63,11 +67,12 @@ class TurnDetector:
     def in_speech(self) -> bool:
         return self._in_speech
 
-    def utterance(self) -> PCM16:
-        """The current utterance so far, with its pre-roll."""
-        if not self._utterance:
-            return np.zeros(0, dtype=np.int16)
-        return np.concatenate(self._utterance)
+    def take_stretch(self) -> PCM16:
+        """The stretch of speech since the previous one was taken (from the utterance's start),
+        with a pre-roll before speech that resumed after a pause; the next stretch starts here."""
+        frames = self._utterance[self._stretch_start :]
+        self._stretch_start, self._taken_in_pause = len(self._utterance), True
+        return np.concatenate(frames) if frames else np.zeros(0, dtype=np.int16)
 
     def push(self, frame: PCM16) -> list[TurnEvent]:
         self.frames += 1
@@ -98,7 +103,7 @@ class TurnDetector:
                 self._pre_roll.pop(0)
             if self._voiced_ms >= s.start_ms:
                 self._in_speech, self._silent_ms, self._prefetched = True, 0, False
-                self._utterance = list(self._pre_roll)
+                self._utterance, self._stretch_start, self._taken_in_pause = list(self._pre_roll), 0, False
                 self._pre_roll = []
                 events.append(TurnEvent.SPEECH_START)
             return events
@@ -106,6 +111,11 @@ class TurnDetector:
         if self.voiced:
             if self._prefetched:
                 events.append(TurnEvent.RESUMED)
+            if self._taken_in_pause:
+                # The next stretch leaves out the pause's silence, all but a pre-roll.
+                resumed_at = len(self._utterance) - 1 - s.pre_roll_ms // FRAME_MS
+                self._stretch_start = max(self._stretch_start, resumed_at)
+                self._taken_in_pause = False
             self._silent_ms, self._prefetched = 0, False
         else:
             self._silent_ms += FRAME_MS
@@ -127,9 +137,3 @@ class TurnDetector:
         events = [] if self._prefetched else [TurnEvent.PREFETCH]
         self._in_speech, self._voiced_ms, self._prefetched = False, 0, False
         return [*events, TurnEvent.ENDPOINT]
-
-    def take_utterance(self) -> PCM16:
-        """The finished utterance; the detector starts collecting the next one."""
-        audio = self.utterance()
-        self._utterance = []
-        return audio

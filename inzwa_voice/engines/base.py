@@ -11,7 +11,7 @@ against these protocols, and only ``engines.loading`` knows the implementations.
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Iterator
+from collections.abc import AsyncGenerator, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
@@ -78,12 +78,15 @@ class VoiceInfo:
     aliases: tuple[str, ...] = ()
 
 
+ModelKind = Literal["vad", "asr", "llm", "tts", "embedding"]
+
+
 @dataclass(frozen=True)
 class ModelInfo:
     """One entry of the model catalog served at ``GET /v1/models``."""
 
     id: str
-    kind: Literal["vad", "asr", "llm", "tts"]
+    kind: ModelKind
     path: str
     size_bytes: int
     sha256: str | None
@@ -155,20 +158,29 @@ class TTS(Protocol):
         ...
 
 
+class Embedder(Protocol):
+    """Sentences to vectors, for matching a caller's words to the knowledge base by meaning."""
+
+    name: str
+    dimensions: int
+
+    def embed(self, texts: Sequence[str]) -> Float32:
+        """float32 ``[len(texts), dimensions]``, each row of length 1 (a blank text's: zeros), so
+        a dot product is the cosine. The same text always gets the same vector."""
+        ...
+
+
 class Inference(Protocol):
     """The engines as calls and routes use them: asynchronous, bounded and shared by every call.
 
-    ``engines.runtime.Engines`` runs the blocking engines above in the inference executor;
-    the conversation's scripted tests run fakes with scripted latencies in virtual time.
+    ``engines.runtime.Engines`` runs the blocking engines above in the inference executor, each
+    run once the inference scheduler (``engines.scheduler``) grants it a slot, most urgent first:
+    a call says how urgent its work is with ``Urgency.context()``. The conversation's scripted
+    tests run fakes with scripted latencies in virtual time, through the same scheduler.
     """
 
     metrics: Metrics
     vad: VAD
-
-    @property
-    def asr_busy(self) -> bool:
-        """A decode is running now: optional work (partial transcripts) should wait."""
-        ...
 
     async def transcribe(
         self, audio: Float32, *, language: str | None = None, prompt: str | None = None
@@ -189,4 +201,14 @@ class Inference(Protocol):
         stop: list[str] | None = None,
     ) -> AsyncGenerator[str, None]:
         """The LLM's text pieces; closing the generator stops generation."""
+        ...
+
+    @property
+    def embedder(self) -> Embedder | None:
+        """The sentence embedder, or None when the settings turn it off. Blocking: for vectors
+        built once when a knowledge base loads (before serving, or in a thread)."""
+        ...
+
+    async def embed(self, texts: Sequence[str]) -> Float32:
+        """``embedder.embed`` for a caller's turn, off the event loop; only when ``embedder`` is set."""
         ...

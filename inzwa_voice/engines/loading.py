@@ -17,7 +17,8 @@ from typing import TypeVar
 
 from inzwa_voice.config import Settings
 from inzwa_voice.engines.asr import whisper
-from inzwa_voice.engines.base import ASR, LLM, TTS, VAD, ModelInfo
+from inzwa_voice.engines.base import ASR, LLM, TTS, VAD, Embedder, ModelInfo
+from inzwa_voice.engines.embedding import minilm
 from inzwa_voice.engines.llm import llamacpp, remote
 from inzwa_voice.engines.runtime import Engines
 from inzwa_voice.engines.tts import piper
@@ -33,6 +34,7 @@ VAD_ENGINES: Mapping[str, Loader[VAD]] = {"silero": silero.load}
 ASR_ENGINES: Mapping[str, Loader[ASR]] = {"whisper": whisper.load}
 LLM_ENGINES: Mapping[str, Loader[LLM]] = {"llama-cpp": llamacpp.load, "openai": remote.load}
 TTS_ENGINES: Mapping[str, Loader[TTS]] = {"piper": piper.load}
+EMBEDDING_ENGINES: Mapping[str, Loader[Embedder]] = {"minilm": minilm.load}  # and "none": no embedder
 
 
 def _pick(kind: str, table: Mapping[str, Loader[E]], name: str) -> Loader[E]:
@@ -40,6 +42,14 @@ def _pick(kind: str, table: Mapping[str, Loader[E]], name: str) -> Loader[E]:
         return table[name]
     except KeyError:
         raise ValueError(f"{kind}_engine {name!r} is not one of {', '.join(table)}") from None
+
+
+def load_embedder(settings: Settings, executor: Executor) -> tuple[Embedder, ModelInfo] | None:
+    """The sentence embedder the settings name, or None for ``embedding_engine = "none"``
+    (``inzwa-voice eval knowledge`` loads this one alone)."""
+    if settings.embedding_engine == "none":
+        return None
+    return _pick("embedding", EMBEDDING_ENGINES, settings.embedding_engine)(settings, executor)
 
 
 def load_engines(settings: Settings, metrics: Metrics) -> Engines:
@@ -54,8 +64,21 @@ def load_engines(settings: Settings, metrics: Metrics) -> Engines:
     asr, asr_info = load_asr(settings, executor)
     llm, llm_info = load_llm(settings, executor)
     tts, tts_info = load_tts(settings, executor)
-    catalog = [vad_info, asr_info, llm_info, tts_info]
+    embedding = load_embedder(settings, executor)
+    catalog = [vad_info, asr_info, llm_info, tts_info, *([embedding[1]] if embedding else [])]
     log.info(
         "engines loaded", extra={"seconds": round(time.perf_counter() - started, 2), "models": [m.id for m in catalog]}
     )
-    return Engines(executor, metrics, vad, asr, llm, tts, catalog)
+    local_llm = settings.llm_engine != "openai"  # a remote server's generations cost these cores nothing
+    return Engines(
+        executor,
+        metrics,
+        vad,
+        asr,
+        llm,
+        tts,
+        catalog,
+        embedder=embedding[0] if embedding else None,
+        slots=settings.slots,
+        local_llm=local_llm,
+    )

@@ -2,9 +2,10 @@
 
 ``Engines`` holds one engine per kind, typed by its protocol in ``engines.base``, so nothing that
 uses them knows which implementation ``engines.loading`` picked. It is also where their blocking
-calls meet the event loop: each model call runs in the bounded inference executor and is timed
-into the metrics, so no route or call session touches a model directly. Importing this module
-loads no model library.
+calls meet the event loop: each model call waits for a slot of the inference scheduler
+(``engines.scheduler``: the most urgent work first, as many runs at once as the cores allow),
+runs in the inference executor and is timed into the metrics, so no route or call session
+touches a model directly. Importing this module loads no model library.
 """
 
 from __future__ import annotations
@@ -12,14 +13,27 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncGenerator, Iterator
+from collections.abc import AsyncGenerator, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import aclosing
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from inzwa_voice.aio import iterate_in_thread
-from inzwa_voice.engines.base import ASR, LLM, PCM16, TTS, VAD, ChatMessage, Float32, ModelInfo, Transcript
+from inzwa_voice.engines.base import (
+    ASR,
+    LLM,
+    PCM16,
+    TTS,
+    VAD,
+    ChatMessage,
+    Embedder,
+    Float32,
+    ModelInfo,
+    Transcript,
+)
+from inzwa_voice.engines.scheduler import Scheduler, current_urgency
 from inzwa_voice.media.resample import Resampler
 from inzwa_voice.telemetry import Metrics
 
@@ -37,25 +51,22 @@ class Engines:
     llm: LLM
     tts: TTS
     catalog: list[ModelInfo]
+    embedder: Embedder | None = None  # None: matching is lexical only (``INZWA_EMBEDDING_ENGINE=none``)
     loaded_at: int = field(default_factory=lambda: int(time.time()))  # ``created`` in GET /v1/models
-    _decoding: int = field(default=0, init=False, repr=False)
+    slots: int = 1  # model runs at once
+    local_llm: bool = True  # the LLM runs on these cores, one generation at a time (llama.cpp)
+    scheduler: Scheduler = field(init=False, repr=False)
 
-    @property
-    def asr_busy(self) -> bool:
-        """A decode is running now: optional work (partial transcripts) should wait for it."""
-        return self._decoding > 0
+    def __post_init__(self) -> None:
+        self.scheduler = Scheduler(self.slots, self.metrics)
 
     # --- ASR ---
     async def transcribe(self, audio: Float32, *, language: str | None = None, prompt: str | None = None) -> Transcript:
-        started = time.perf_counter()
-        self._decoding += 1
-        try:
-            result = await asyncio.get_running_loop().run_in_executor(
-                self.executor, lambda: self.asr.transcribe(audio, language=language, prompt=prompt)
-            )
-        finally:
-            self._decoding -= 1
-        elapsed = time.perf_counter() - started
+        def decode() -> tuple[Transcript, float]:
+            started = time.perf_counter()
+            return self.asr.transcribe(audio, language=language, prompt=prompt), time.perf_counter() - started
+
+        result, elapsed = await self.scheduler.run_blocking("asr", self.executor, decode)
         self.metrics.inference_seconds.labels("asr", "transcribe").observe(elapsed)
         seconds = len(audio) / self.asr.sample_rate
         if seconds > 0:
@@ -85,8 +96,11 @@ class Engines:
             if len(tail):
                 yield tail
 
-        async for pcm in iterate_in_thread(self.executor, factory):
-            yield pcm
+        # One sentence read ahead at most, so the slot given back between sentences frees the cores.
+        source = self.scheduler.stream("tts", iterate_in_thread(self.executor, factory, maxsize=1))
+        async with aclosing(source):
+            async for pcm in source:
+                yield pcm
 
     # --- LLM ---
     async def generate(
@@ -101,7 +115,12 @@ class Engines:
         started = time.perf_counter()
         outcome = "completed"
         first = True
-        source = self.llm.stream(messages, max_tokens=max_tokens, temperature=temperature, stop=stop)
+        stream = self.llm.stream(messages, max_tokens=max_tokens, temperature=temperature, stop=stop)
+        source = stream
+        if self.local_llm:
+            source = self.scheduler.stream("llm", stream, exclusive=True)
+        else:  # a remote server's generation costs these cores nothing: no slot, but the turn counts it
+            current_urgency().runs["llm"] += 1
         self.metrics.llm_active.inc()
         try:
             async for piece in source:
@@ -125,6 +144,19 @@ class Engines:
             self.metrics.llm_generations.labels(outcome).inc()
             self.metrics.inference_seconds.labels("llm", "generate").observe(time.perf_counter() - started)
 
+    # --- sentence embeddings ---
+    async def embed(self, texts: Sequence[str]) -> Float32:
+        """The embedder's vectors, computed in the inference executor and timed. It takes no
+        scheduler slot: a few milliseconds on one thread, on a caller's critical path, must not
+        queue behind a decode or a generation."""
+        if self.embedder is None:
+            raise RuntimeError("no embedding engine is loaded (INZWA_EMBEDDING_ENGINE=none)")
+        embedder = self.embedder
+        started = time.perf_counter()
+        vectors = await asyncio.get_running_loop().run_in_executor(self.executor, embedder.embed, list(texts))
+        self.metrics.inference_seconds.labels("embedding", "embed").observe(time.perf_counter() - started)
+        return vectors
+
     def warmup(self) -> None:
         """One tiny inference per engine (blocking), so the first caller does not pay for lazy init."""
         started = time.perf_counter()
@@ -135,6 +167,8 @@ class Engines:
             for _ in self.tts.synthesize("Hello.", voice=voice.id):
                 pass
         self.llm.warm()
+        if self.embedder is not None:
+            self.embedder.embed(["Hello."])
         log.info("engines warmed up", extra={"seconds": round(time.perf_counter() - started, 3)})
 
     async def close(self) -> None:

@@ -48,6 +48,10 @@ class AudioSocketCaller(Caller):
         self.frame_sizes: Counter[int] = Counter()
         """Audio payload sizes received from the gateway, and how often each came."""
 
+    @property
+    def external_id(self) -> str:
+        return str(self.uuid)
+
     async def connect(self, **start: Any) -> dict[str, Any]:
         """Connect and send the UUID (``uuid=`` to choose it), as Asterisk does on answer.
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,6 +42,33 @@ class Timeline:
         """Milliseconds of bot audio received at or after caller media time ``media_ms``."""
         return sum(r.samples for r in self.audio if r.media_ms >= media_ms) * 1000 / rate
 
+    def received_at(self, event: dict[str, Any]) -> int:
+        """The media time ``event`` (this very object) was received at."""
+        return next(media_ms for media_ms, seen in self.events if seen is event)
+
+    def bot_spoke_during(self, start_ms: int, end_ms: int) -> bool:
+        """Whether bot audio, or the start of an answer (``tts.start``), reached the caller in
+        ``[start_ms, end_ms)``: while it was still asking, it must hear nothing, however long
+        it pauses between its sentences."""
+        return any(start_ms <= r.media_ms < end_ms and r.samples for r in self.audio) or any(
+            start_ms <= media_ms < end_ms and event.get("type") == "tts.start" for media_ms, event in self.events
+        )
+
+
+@dataclass
+class _AudioWaiter:
+    """Someone waiting for ``needed`` samples of bot audio received at or after ``after_ms``."""
+
+    after_ms: int
+    needed: int
+    seen: int
+    future: asyncio.Future[None]
+
+
+# Someone waiting for an event: which one (media time received, event), the future, and whether
+# it is a ``wait_for`` (which reads the events in order).
+_EventWaiter = tuple[Callable[[int, dict[str, Any]], bool], asyncio.Future[dict[str, Any]], bool]
+
 
 class Caller:
     """The transport-independent half: pacing the caller's audio and keeping the timeline."""
@@ -51,6 +78,12 @@ class Caller:
     barge_in_event: str | None = "barge_in"
     stage_metrics = True
 
+    @property
+    def external_id(self) -> str | None:
+        """The id the gateway records the call under as the transport's own (``external_id``
+        in ``/v1/admin/calls``), for legs whose wire carries no events; None elsewhere."""
+        return None
+
     def __init__(self, rate: int) -> None:
         self.rate = rate
         self.frame_samples = rate * FRAME_MS // 1000
@@ -58,12 +91,14 @@ class Caller:
         self.sent_frames = 0
         self._script: deque[PCM16] = deque()
         self._bot_audio: list[PCM16] = []
-        self._event_waiters: list[tuple[str, asyncio.Future[dict[str, Any]]]] = []
+        self._bot_samples = 0  # in _bot_audio
+        self._event_waiters: list[_EventWaiter] = []
         self._events_read = 0  # timeline.events up to here have been read by wait_for
         self._sender: asyncio.Task[None] | None = None
-        self._audio_waiters: list[tuple[int, asyncio.Future[None]]] = []
+        self._audio_waiters: list[_AudioWaiter] = []
         self._quiet = asyncio.Event()
         self._quiet_timer: asyncio.TimerHandle | None = None
+        self._bot_spoke_at = 0.0  # loop time of the last bot audio
         self._idle = asyncio.Event()
         self._started = 0.0
         self.closed = asyncio.Event()
@@ -87,7 +122,7 @@ class Caller:
         await self.wait_for("tts.end")
 
     def start_sending(self) -> None:
-        self._started = time.monotonic()
+        self._started = _now()
         self._sender = asyncio.ensure_future(self._send_loop())
 
     async def _send_loop(self) -> None:
@@ -101,7 +136,7 @@ class Caller:
             await self.send_frame(frame)
             self.sent_frames += 1
             deadline = self._started + self.sent_frames * FRAME_MS / 1000
-            await asyncio.sleep(max(0.0, deadline - time.monotonic()))
+            await asyncio.sleep(max(0.0, deadline - _now()))
 
     def say(self, pcm: PCM16) -> int:
         """Queue speech after what is already queued; returns the media time it will start at."""
@@ -120,41 +155,76 @@ class Caller:
     def on_audio(self, pcm: PCM16) -> None:
         self.timeline.audio.append(Received(self.media_ms, len(pcm)))
         self._bot_audio.append(pcm)
+        self._bot_samples += len(pcm)
         if len(pcm):
             self._bot_spoke()
-        received = sum(len(p) for p in self._bot_audio)
         for waiter in list(self._audio_waiters):
-            if received >= waiter[0] and not waiter[1].done():
-                waiter[1].set_result(None)
-                self._audio_waiters.remove(waiter)
+            if self.media_ms >= waiter.after_ms:
+                waiter.seen += len(pcm)
+            if waiter.seen >= waiter.needed and not waiter.future.done():
+                waiter.future.set_result(None)
 
     def _bot_spoke(self) -> None:
+        self._bot_spoke_at = _now()
         self._quiet.clear()
         if self._quiet_timer is not None:
             self._quiet_timer.cancel()
         self._quiet_timer = asyncio.get_running_loop().call_later(QUIET_S, self._quiet.set)
 
-    async def bot_quiet(self, timeout: float = 60.0) -> None:
-        """Wait until bot audio has flowed and then stopped for ``QUIET_S`` (for legs without
-        events, this is how a caller knows the bot finished or stopped for a barge-in)."""
+    async def bot_quiet(self, timeout: float = 60.0, quiet_s: float = QUIET_S) -> None:
+        """Wait until bot audio has flowed and then stopped for ``quiet_s`` (for legs without
+        events, this is how a caller knows the bot finished or stopped for a barge-in; a
+        longer ``quiet_s`` does not mistake a gap between two phrases for the end)."""
         async with asyncio.timeout(timeout):
-            await self._quiet.wait()
+            while True:
+                await self._quiet.wait()
+                left = quiet_s - (_now() - self._bot_spoke_at)
+                if left <= 0:
+                    return
+                await asyncio.sleep(left)  # then look again: more audio may have come
 
     async def heard(self, ms: int, timeout: float = 60.0) -> None:
         """Wait until ``ms`` of bot audio has arrived since the last ``clear_bot_audio``."""
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._audio_waiters.append((ms * self.rate // 1000, future))
-        self.on_audio(np.zeros(0, dtype=np.int16))
-        async with asyncio.timeout(timeout):
-            await future
+        await self._wait_audio(_AudioWaiter(-1, ms * self.rate // 1000, self._bot_samples, self._future()), timeout)
+
+    async def heard_after(self, media_ms: int, ms: int, timeout: float | None = 60.0) -> None:
+        """Wait until ``ms`` of bot audio has arrived at or after caller media time ``media_ms``
+        (the answer to what the caller finished saying then, not a reply into its pauses)."""
+        seen = sum(r.samples for r in self.timeline.audio if r.media_ms >= media_ms)
+        await self._wait_audio(_AudioWaiter(media_ms, ms * self.rate // 1000, seen, self._future()), timeout)
+
+    async def _wait_audio(self, waiter: _AudioWaiter, timeout: float | None) -> None:
+        if waiter.seen >= waiter.needed:
+            return
+        self._audio_waiters.append(waiter)
+        try:
+            async with asyncio.timeout(timeout):
+                await waiter.future
+        finally:
+            self._audio_waiters.remove(waiter)
+
+    @staticmethod
+    def _future() -> asyncio.Future[Any]:
+        return asyncio.get_running_loop().create_future()
 
     def on_event(self, event: dict[str, Any]) -> None:
         self.timeline.events.append((self.media_ms, event))
-        for kind, future in list(self._event_waiters):
-            if event.get("type") == kind and not future.done():
+        for waiter in list(self._event_waiters):
+            match, future, ordered = waiter
+            if not future.done() and match(self.media_ms, event):
                 future.set_result(event)
-                self._event_waiters.remove((kind, future))
-                self._events_read = len(self.timeline.events)
+                self._event_waiters.remove(waiter)
+                if ordered:
+                    self._events_read = len(self.timeline.events)
+
+    async def _wait_event(self, waiter: _EventWaiter, timeout: float | None) -> dict[str, Any]:
+        self._event_waiters.append(waiter)
+        try:
+            async with asyncio.timeout(timeout):
+                return await waiter[1]
+        finally:
+            if waiter in self._event_waiters:
+                self._event_waiters.remove(waiter)
 
     async def wait_for(self, kind: str, timeout: float = 60.0) -> dict[str, Any]:
         """The first event of ``kind`` after the last one a ``wait_for`` returned: the client's
@@ -165,10 +235,25 @@ class Caller:
             if event.get("type") == kind:
                 self._events_read = index + 1
                 return event
-        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-        self._event_waiters.append((kind, future))
-        async with asyncio.timeout(timeout):
-            return await future
+        return await self._wait_event((lambda _, event: event.get("type") == kind, self._future(), True), timeout)
+
+    async def event_after(
+        self,
+        media_ms: int,
+        kind: str,
+        where: Callable[[dict[str, Any]], bool] = lambda _: True,
+        timeout: float | None = 60.0,
+    ) -> dict[str, Any]:
+        """The first event of ``kind`` (and ``where``) received at or after caller media time
+        ``media_ms``, whether or not a ``wait_for`` read past it; ``wait_for``'s place stays."""
+
+        def match(received_ms: int, event: dict[str, Any]) -> bool:
+            return received_ms >= media_ms and event.get("type") == kind and where(event)
+
+        for received_ms, event in self.timeline.events:
+            if match(received_ms, event):
+                return event
+        return await self._wait_event((match, self._future(), False), timeout)
 
     def events(self, kind: str) -> list[dict[str, Any]]:
         return [e for _, e in self.timeline.events if e.get("type") == kind]
@@ -178,6 +263,7 @@ class Caller:
 
     def clear_bot_audio(self) -> None:
         self._bot_audio.clear()
+        self._bot_samples = 0
 
     async def stop_sending(self) -> None:
         self.closed.set()
@@ -187,3 +273,8 @@ class Caller:
             self._sender.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sender
+
+
+def _now() -> float:
+    """The event loop's clock (monotonic; virtual in the simulator's own tests)."""
+    return asyncio.get_running_loop().time()

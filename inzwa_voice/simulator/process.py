@@ -59,7 +59,8 @@ def gateway_process(env: dict[str, str] | None = None) -> Iterator[tuple[str, su
         **(env or {}),
     }
     cli = Path(sys.executable).with_name("inzwa-voice")
-    proc = subprocess.Popen([str(cli), "serve"], env=full_env, stderr=subprocess.PIPE, text=True)
+    # Its stdout (pjsip logs there) goes to our stderr: a benchmark's stdout is its JSON alone.
+    proc = subprocess.Popen([str(cli), "serve"], env=full_env, stdout=sys.stderr, stderr=subprocess.PIPE, text=True)
     try:
         assert proc.stderr is not None
         for line in proc.stderr:  # the gateway logs one JSON line once its port is open

@@ -145,6 +145,10 @@ class TwilioCaller(Caller):
         self._played = 0  # of which played (or dropped by a clear)
         self._marks: deque[tuple[int, str]] = deque()  # (samples received before it, name)
 
+    @property
+    def external_id(self) -> str:
+        return self.call_sid
+
     async def connect(self, **parameters: str) -> dict[str, Any]:
         """Open the stream and start the caller's audio; returns the ``start`` message sent.
 

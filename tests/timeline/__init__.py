@@ -17,8 +17,9 @@ The parts, each implementing the project's own protocols and nothing more:
   (energy threshold), :class:`FakeASR` (hears the caller's words back from the audio, scripted
   latency, fail, stall), :class:`FakeLLM` (scripted replies, first-token and per-token latency,
   fail, stall; closing the stream is recorded), :class:`FakeTTS` (60 ms of audio per character,
-  first-audio latency, a waveform that names the call that made it) and a real ``Metrics``.
-  Every call is recorded with its virtual times.
+  first-audio latency, a waveform that names the call that made it) and a real ``Metrics``,
+  all behind the real inference scheduler (``slots=1`` makes work wait for the cores as on two
+  cores). Every call is recorded with its virtual times.
 * :class:`FakeLeg` (``leg.py``): ``conversation.ports.Leg`` playing one frame per 20 ms of
   virtual time from a small bounded queue, with a timeline of events sent, frames played,
   interrupts, transfers, close and hang-up, and questions to ask it.

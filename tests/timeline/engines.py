@@ -19,14 +19,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
-from collections.abc import AsyncGenerator, Iterator
+from collections.abc import AsyncGenerator, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
 import numpy as np
 
 from inzwa_voice.core import FRAME_SAMPLES, PCM16, PIPELINE_RATE, Float32
-from inzwa_voice.engines.base import VAD, ChatMessage, Segment, Transcript
+from inzwa_voice.engines.base import VAD, ChatMessage, Embedder, Segment, Transcript
+from inzwa_voice.engines.scheduler import Scheduler
 from inzwa_voice.telemetry import Metrics
 from tests.timeline.clock import now
 
@@ -336,7 +337,10 @@ class FakeTTS:
 
 
 class FakeInference:
-    """``engines.base.Inference`` over the fakes above, with a real ``Metrics``."""
+    """``engines.base.Inference`` over the fakes above, with a real ``Metrics`` and the real
+    inference scheduler in front of them, as ``engines.runtime.Engines`` has: ``slots`` model
+    runs at once (by default more than any test starts, so only a test that asks for few slots
+    sees work wait for one)."""
 
     def __init__(
         self,
@@ -345,24 +349,25 @@ class FakeInference:
         llm: FakeLLM | None = None,
         tts: FakeTTS | None = None,
         vad: FakeVAD | None = None,
+        slots: int = 64,
     ) -> None:
         self.metrics = Metrics()
+        self.scheduler = Scheduler(slots, self.metrics)
         self.asr = asr
         self.llm = llm or FakeLLM()
         self.tts = tts or FakeTTS()
         self.vad: VAD = vad or FakeVAD()
 
-    @property
-    def asr_busy(self) -> bool:
-        return self.asr.busy
-
     async def transcribe(self, audio: Float32, *, language: str | None = None, prompt: str | None = None) -> Transcript:
-        return await self.asr.transcribe(audio, language=language, prompt=prompt)
+        async with self.scheduler.slot("asr"):
+            return await self.asr.transcribe(audio, language=language, prompt=prompt)
 
     def synthesize(
         self, text: str, *, voice: str, speed: float = 1.0, sample_rate: int | None = None
     ) -> AsyncGenerator[PCM16, None]:
-        return self.tts.synthesize(text, voice=voice, speed=speed, sample_rate=sample_rate)
+        return self.scheduler.stream(
+            "tts", self.tts.synthesize(text, voice=voice, speed=speed, sample_rate=sample_rate)
+        )
 
     def generate(
         self,
@@ -372,4 +377,12 @@ class FakeInference:
         temperature: float | None = None,
         stop: list[str] | None = None,
     ) -> AsyncGenerator[str, None]:
-        return self.llm.generate(messages, max_tokens=max_tokens, temperature=temperature, stop=stop)
+        stream = self.llm.generate(messages, max_tokens=max_tokens, temperature=temperature, stop=stop)
+        return self.scheduler.stream("llm", stream, exclusive=True)
+
+    @property
+    def embedder(self) -> Embedder | None:
+        return None  # scripted calls match by words alone
+
+    async def embed(self, texts: Sequence[str]) -> Float32:
+        raise AssertionError("the scripted engines have no embedder")

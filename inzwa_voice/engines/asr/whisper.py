@@ -64,7 +64,8 @@ class WhisperASR:
             beam_size=self._beam_size,
             temperature=0.0,
             condition_on_previous_text=False,
-            initial_prompt=prompt or self._initial_prompt,
+            # The helpline's vocabulary, then the caller's earlier words (the stretches before).
+            initial_prompt=" ".join(p for p in (self._initial_prompt, prompt) if p) or None,
             hotwords=self._hotwords,
             max_new_tokens=max_new_tokens or self._max_new_tokens,
             vad_filter=False,
@@ -91,8 +92,8 @@ def load(settings: Settings, executor: Executor) -> tuple[WhisperASR, ModelInfo]
         model_dir,
         device=settings.asr_device,
         compute_type=settings.asr_compute_type,
-        threads=settings.asr_threads,
-        workers=max(1, settings.inference_workers // 2),
+        threads=settings.asr_threads or settings.run_threads,
+        workers=settings.slots,  # as many decodes at once as the scheduler runs
         language=settings.language,
         beam_size=settings.asr_beam_size,
         max_new_tokens=settings.asr_max_new_tokens,

@@ -171,7 +171,9 @@ class LlamaCppLLM:
                     return
                 yield piece
 
-        source = iterate_in_thread(self._executor, factory)
+        # One token read ahead at most: the scheduler hands the cores to more urgent work between
+        # tokens, and a generation running ahead of its reader would keep them.
+        source = iterate_in_thread(self._executor, factory, maxsize=1)
         limited = with_deadlines(source, item_timeout=d.token_timeout_s, total_timeout=d.timeout_s)
         async with aclosing(limited):
             async for piece in limited:
@@ -233,7 +235,7 @@ def load(settings: Settings, executor: Executor) -> tuple[LlamaCppLLM, ModelInfo
             name=name,
             prompt_format=fmt,
             n_ctx=settings.llm_context,
-            threads=settings.llm_threads,
+            threads=settings.llm_threads or settings.run_threads,
             defaults=generation_defaults(settings),
         )
     except models.ModelError as exc:

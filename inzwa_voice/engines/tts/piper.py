@@ -93,4 +93,6 @@ def load(settings: Settings, executor: Executor) -> tuple[PiperTTS, ModelInfo]:
         VoiceSpec("joe", model, config, "en", "en-us", "US English, male (Piper joe medium)", OPENAI_VOICE_NAMES),
         VoiceSpec("joe-sn", model, config, "sn", "sw", "Shona text read by the joe voice (espeak-ng sw)"),
     ]
-    return PiperTTS(specs, threads=settings.tts_threads), models.file_info(model.stem, "tts", model, None, ["speech"])
+    return PiperTTS(specs, threads=settings.tts_threads or settings.run_threads), models.file_info(
+        model.stem, "tts", model, None, ["speech"]
+    )

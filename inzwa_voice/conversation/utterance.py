@@ -1,0 +1,80 @@
+"""The caller's words of one turn, decoded stretch by stretch as the pauses close them.
+
+Decoding the whole utterance again at every pause wasted the cores: a three-sentence question
+cost a decode at each pause and a last one of everything at the endpoint. Instead each stretch
+of speech the turn detector closes (at ``PREFETCH``) is decoded once, as soon as it closes,
+while the caller may go on, with the earlier stretches' text as Whisper's prompt; the
+transcript is the stretches joined. So when the endpoint comes only the last stretch is still
+being decoded, and it started at the pause. A caller who resumes keeps every stretch decoded.
+
+Decodes run at ``Priority.SPECULATIVE`` until the turn is committed, then at ``FINAL``; the
+urgency's ``runs`` count what the turn cost (shared with its replies).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+from inzwa_voice.core import PCM16
+from inzwa_voice.engines.base import Inference
+from inzwa_voice.engines.scheduler import Priority, Urgency
+from inzwa_voice.media.framing import pcm16_to_float
+
+STAGE_TIMEOUT_S = 10.0
+"""Longest wait for one stage, a slot's wait included: a stretch's decode, the next phrase from
+the model, one phrase's speech."""
+
+
+class Utterance:
+    def __init__(self, inference: Inference, language: str, on_text: Callable[[str], None]) -> None:
+        self._inference = inference
+        self._language = language
+        self._on_text = on_text
+        self.urgency = Urgency(Priority.SPECULATIVE)
+        self._decodes: list[asyncio.Task[str]] = []
+
+    @property
+    def stretches(self) -> int:
+        return len(self._decodes)
+
+    def add(self, audio: PCM16) -> None:
+        """A stretch closed: decode it now, after the ones before (their text is its prompt)."""
+        before = self._decodes[-1] if self._decodes else None
+        decode = asyncio.get_running_loop().create_task(self._decode(audio, before), context=self.urgency.context())
+        decode.add_done_callback(_retrieved)
+        self._decodes.append(decode)
+
+    async def text(self) -> str:
+        """The stretches added so far, joined, once decoded; cancelling this leaves them running."""
+        if not self._decodes:
+            return ""
+        return await asyncio.shield(self._decodes[-1])
+
+    def commit(self) -> None:
+        """The caller finished: what is left to decode is what they wait for."""
+        self.urgency.priority = Priority.FINAL
+
+    def reopen(self) -> None:
+        """The caller went on after all (a barge-in before the answer): back to speculative."""
+        self.urgency.priority = Priority.SPECULATIVE
+
+    def cancel(self) -> None:
+        for decode in self._decodes:
+            decode.cancel()
+
+    async def _decode(self, audio: PCM16, before: asyncio.Task[str] | None) -> str:
+        previous = "" if before is None else await asyncio.shield(before)
+        async with asyncio.timeout(STAGE_TIMEOUT_S):
+            result = await self._inference.transcribe(
+                pcm16_to_float(audio), language=self._language, prompt=previous or None
+            )
+        text = " ".join(t for t in (previous, result.text.strip()) if t)
+        self._on_text(text)
+        return text
+
+
+def _retrieved(task: asyncio.Task[str]) -> None:
+    """A stretch's failure is reported by the reply that waits for it, if any does."""
+    if not task.cancelled():
+        task.exception()
