@@ -56,6 +56,7 @@ class YamlReader:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._construct = SafeConstructor()
+        self._text = ""  # the composed document, to tell a tag written out from a resolved one
 
     # --- the file -------------------------------------------------------------------------------
 
@@ -82,6 +83,7 @@ class YamlReader:
 
     def compose(self, text: str, what: str) -> Node:
         """The document's root node; refuses YAML syntax errors, deep nesting and an empty file."""
+        self._text = text
         try:
             self._check_depth(text)
             root = yaml.compose(text, Loader=yaml.SafeLoader)
@@ -172,7 +174,11 @@ class YamlReader:
             return self._construct.construct_object(node, deep=True)
         except (ValueError, KeyError, TypeError, AttributeError, yaml.YAMLError):
             tag = node.tag.removeprefix(_YAML)
-            raise self.error(node, f"{what}: {node.value!r} is not a valid {tag}; remove the '!!{tag}' tag") from None
+            if self._text.startswith("!", node.start_mark.index):
+                fix = f"remove the '!!{tag}' tag"
+            else:  # resolved from its looks, as 2020-99-99 is read as a date
+                fix = "put it in quotes to make it text"
+            raise self.error(node, f"{what}: {node.value!r} is not a valid {tag}; {fix}") from None
 
     def check_tag(self, node: Node, expected: str | None, what: str) -> None:
         """Refuse a tag other than ``expected`` (or, for a scalar, one of ``SCALAR_TAGS``)."""

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
-from inzwa_voice.config import SettingsError, load_settings
+from inzwa_voice.config import ENV_PREFIX, SECRET_SETTINGS, Settings, SettingsError, load_settings
+from inzwa_voice.legs.webrtc_tokens import CallTokens, TokenError
 from tests.conftest import ServerFactory
 from tests.test_bad_input import assert_error
 
@@ -89,3 +93,51 @@ def test_serve_refuses_invalid_settings_at_start_up() -> None:
     )
     assert done.returncode == 2
     assert "INZWA_MAX_SESSIONS" in done.stderr
+
+
+def marker(name: str) -> str:
+    return f"marker-{name}-5f3a9c"  # unique per setting, and long enough for every secret's bounds
+
+
+def test_check_config_shows_no_secret(tmp_path: Path) -> None:
+    env = {**os.environ, **{ENV_PREFIX + name.upper(): marker(name) for name in SECRET_SETTINGS}}
+    done = subprocess.run(
+        [sys.executable, "-m", "inzwa_voice.cli", "check-config"],
+        env=env,
+        cwd=tmp_path,  # no developer's .env
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    output = done.stdout + done.stderr
+    assert "marker" not in output
+    shown = json.loads(done.stdout)
+    assert {name: shown[name] for name in SECRET_SETTINGS} == {
+        name: ["***1 set***"] if name == "api_keys" else "***" for name in SECRET_SETTINGS
+    }
+
+
+def test_every_setting_that_looks_secret_is_kept_secret() -> None:
+    looks_secret = re.compile(r"(^|_)(keys?|token|secret|password|credential)$")
+    for name, field in Settings.model_fields.items():
+        if looks_secret.search(name) or "SecretStr" in str(field.annotation):
+            assert name in SECRET_SETTINGS, name
+
+
+def test_an_invalid_secret_is_not_repeated_in_the_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("INZWA_WEBRTC_TOKEN_SECRET", "short-secret")  # under its 16 characters
+    with pytest.raises(SettingsError, match="INZWA_WEBRTC_TOKEN_SECRET") as caught:
+        load_settings(_env_file=None)
+    assert "short-secret" not in str(caught.value)
+
+
+@pytest.mark.parametrize("token", ["v1.\N{SUPERSCRIPT TWO}.x", "v1.\N{ARABIC-INDIC DIGIT ONE}.x", "v1..x", "v1.-5.x"])
+async def test_a_malformed_call_token_is_a_401(make_server: ServerFactory, token: str) -> None:
+    server = await make_server(api_keys=[KEY])
+    offer = {"sdp": "v=0\r\n", "type": "offer", "token": token}
+    async with server.http.post(server.v1 + "/webrtc/offer", json=offer) as resp:
+        error = await assert_error(resp, 401, "token")
+    assert error["code"] == "invalid_token"
+    with pytest.raises(TokenError, match="malformed"):
+        CallTokens(None, 300).check(token)

@@ -54,7 +54,10 @@ def _from_http_exception(exc: web.HTTPException) -> ApiError:
     type_, message = _HTTP_ERRORS.get(exc.status, ("invalid_request_error", exc.reason))
     if exc.status == 413:
         message = f"request body is too large ({exc.text or 'over the limit'})"
-    return ApiError(message, status=exc.status, type=type_, code=exc.reason.lower().replace(" ", "_"))  # type: ignore[arg-type]
+    # A 405 must say which methods the path has (RFC 9110 15.5.6).
+    headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
+    code = exc.reason.lower().replace(" ", "_")
+    return ApiError(message, status=exc.status, type=type_, code=code, headers=headers)  # type: ignore[arg-type]
 
 
 def error_middleware(metrics: Metrics) -> web.middleware:  # type: ignore[valid-type]
@@ -69,6 +72,11 @@ def error_middleware(metrics: Metrics) -> web.middleware:  # type: ignore[valid-
         try:
             try:
                 response = await handler(request)
+            except web.HTTPException as exc:
+                if exc.status < 400:  # a redirect (``/widget`` to ``/widget/``): an answer, not a failure
+                    status = exc.status
+                    raise
+                response = _error_response(request, exc, route)
             except Exception as exc:
                 response = _error_response(request, exc, route)
             status = response.status
@@ -96,8 +104,6 @@ def error_middleware(metrics: Metrics) -> web.middleware:  # type: ignore[valid-
 
 def _error_response(request: web.Request, exc: Exception, route: str) -> web.StreamResponse:
     """Turn any failure into the JSON error shape, or end a stream whose headers are out."""
-    if isinstance(exc, web.HTTPException) and exc.status < 400:
-        raise exc
     if isinstance(exc, ApiError):
         error = exc
     elif isinstance(exc, web.HTTPException):

@@ -10,9 +10,10 @@ import time
 import uuid
 
 from aiohttp import BodyPartReader, web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from inzwa_voice.api.keys import ENGINES, GATE, SAFETY, SETTINGS
-from inzwa_voice.api.rest import check_language, decode_upload, to_chat_messages, transcribe
+from inzwa_voice.api.rest import check_context, check_language, decode_upload, to_chat_messages, transcribe
 from inzwa_voice.api.schemas import ChatCompletionRequest, SpeechRequest, parse_json
 from inzwa_voice.api.streaming import check_text, collect, resolve_voice, stream_speech, stream_sse
 from inzwa_voice.conversation.reply import ReplyInfo, safe_reply
@@ -37,9 +38,19 @@ async def speech(request: web.Request) -> web.StreamResponse:
 
 
 async def _read_form(request: web.Request) -> tuple[bytes, dict[str, str]]:
-    """Read a multipart upload, enforcing the byte and part limits while reading, not after."""
+    """Read a multipart upload, enforcing the byte and part limits while reading, not after.
+
+    aiohttp's reader raises ``ValueError`` (no or a wrong boundary) or ``BadHttpMessage`` (a part
+    header with control characters) on a malformed body: those are the client's mistake, a 400."""
     if not request.content_type.startswith("multipart/"):
         raise ApiError("expected a multipart/form-data upload", status=415, code="unsupported_media_type")
+    try:
+        return await _read_parts(request)
+    except (ValueError, HttpProcessingError) as exc:
+        raise invalid(f"malformed multipart/form-data body: {str(exc)[:200]}", None, "invalid_form") from None
+
+
+async def _read_parts(request: web.Request) -> tuple[bytes, dict[str, str]]:
     budget = request.app[SETTINGS].max_upload_bytes
     audio: bytes | None = None
     fields: dict[str, str] = {}
@@ -142,6 +153,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     model = engines.llm.name
     stop = [body.stop] if isinstance(body.stop, str) else body.stop
     max_tokens = body.max_completion_tokens or body.max_tokens
+    check_context(request, messages, max_tokens)
     settings = request.app[SETTINGS]
     language = settings.language
     cid, created, info = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time()), ReplyInfo()

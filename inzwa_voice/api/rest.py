@@ -6,6 +6,7 @@ import base64
 import binascii
 import contextlib
 from collections.abc import AsyncGenerator
+from typing import Protocol, runtime_checkable
 
 from aiohttp import web
 
@@ -72,6 +73,38 @@ def to_chat_messages(request: web.Request, messages: list[Message]) -> list[Chat
     return out
 
 
+@runtime_checkable
+class TokenCounter(Protocol):
+    """An LLM that can say how long a text is in its tokens (llama.cpp can; a remote server not)."""
+
+    def count_tokens(self, text: str) -> int: ...
+
+
+def check_context(request: web.Request, messages: list[ChatMessage], max_tokens: int | None) -> None:
+    """400 ``context_length_exceeded`` when the system prompt, the last user message and the answer
+    cannot fit the LLM's context together.
+
+    ``max_text_chars`` counts characters, but the context counts tokens, and a character can be
+    several (an emoji is two or three): text inside the character limit can still not fit, which
+    the LLM would only find once it runs, as a server error. Older turns are not counted: the LLM
+    drops them to make room."""
+    llm = request.app[ENGINES].llm
+    if not isinstance(llm, TokenCounter):
+        return
+    settings = request.app[SETTINGS]
+    last = max(i for i, m in enumerate(messages) if m.role == "user")
+    system = "\n\n".join(m.content for m in messages if m.role == "system") or settings.llm_system_prompt
+    prompt = llm.count_tokens(system) + llm.count_tokens(messages[last].content)
+    answer = max_tokens or settings.llm_max_tokens
+    if prompt + answer > settings.llm_context:
+        raise invalid(
+            f"message {last} with the system prompt is {prompt} tokens, and with {answer} tokens for the answer "
+            f"it does not fit the model's {settings.llm_context}-token context; shorten it",
+            f"messages.{last}.content",
+            "context_length_exceeded",
+        )
+
+
 async def transcribe(request: web.Request, audio: Float32, language: str, prompt: str | None) -> Transcript:
     with request.app[GATE].enter():
         return await request.app[ENGINES].transcribe(audio, language=language, prompt=prompt)
@@ -101,6 +134,7 @@ async def chat(request: web.Request) -> web.StreamResponse:
     then the LLM grounded on it; ``source`` says which."""
     body = await parse_json(request, ChatRequest)
     messages = to_chat_messages(request, body.messages)
+    check_context(request, messages, body.max_tokens)
     calls = request.app[CALLS]
     profile = calls.default_profile()
     if body.profile is not None:
@@ -113,7 +147,7 @@ async def chat(request: web.Request) -> web.StreamResponse:
     last = max(i for i, m in enumerate(messages) if m.role == "user")
     history = [m for m in messages[:last] if m.role != "system"]
     with request.app[GATE].enter():
-        answer = calls.brain.answer(
+        answer = await calls.brain.answer(
             question,
             profile=profile,
             language=language,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import AsyncGenerator, Callable
 from contextlib import aclosing
 
@@ -21,12 +22,24 @@ from inzwa_voice.media.audiofile import ResponseFormat, content_type, open_encod
 log = logging.getLogger(__name__)
 
 
+# Line breaks and tabs are text (spoken as pauses); any other control character (C0, DEL, C1)
+# is refused, as the engines cannot speak it and some of them (NUL) fail the synthesis outright.
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+
+
 def check_text(request: web.Request, text: str, param: str) -> str:
     limit = request.app[SETTINGS].max_text_chars
     if not text.strip():
         raise invalid(f"{param} must not be empty", param, "empty_text")
     if len(text) > limit:
         raise invalid(f"{param} is {len(text)} characters; the limit is {limit}", param, "text_too_long")
+    if control := _CONTROL.search(text):
+        raise invalid(
+            f"{param} has the control character U+{ord(control[0]):04X} at {control.start()}; "
+            "only line breaks and tabs are allowed",
+            param,
+            "invalid_text",
+        )
     return text
 
 
@@ -41,25 +54,31 @@ def resolve_voice(request: web.Request, voice: str) -> str:
 async def stream_speech(
     request: web.Request, text: str, *, voice: str, speed: float, fmt: ResponseFormat, sample_rate: int
 ) -> web.StreamResponse:
-    """Synthesize sentence by sentence and send each encoded piece as soon as it exists."""
-    engines = request.app[ENGINES]
+    """Synthesize sentence by sentence and send each encoded piece as soon as it exists.
+
+    The headers go out with the first bytes, not before: a synthesis that fails before any audio
+    is still answered with an error status, and a WAV (which comes whole) gets a Content-Length.
+    """
     encoder = open_encoder(fmt, sample_rate)
     response = web.StreamResponse(headers={"Content-Type": content_type(fmt)})
-    response.enable_chunked_encoding()
-    await response.prepare(request)
-    pcm_stream = engines.synthesize(text, voice=voice, speed=speed, sample_rate=sample_rate)
-    try:
+    pcm_stream = request.app[ENGINES].synthesize(text, voice=voice, speed=speed, sample_rate=sample_rate)
+    async with aclosing(pcm_stream):
         async for pcm in pcm_stream:
-            data = encoder.encode(pcm)
-            if data:
-                await response.write(data)
-        tail = encoder.finish()
-        if tail:
-            await response.write(tail)
-    finally:
-        await pcm_stream.aclose()
+            await _send(request, response, encoder.encode(pcm), last=False)
+        await _send(request, response, encoder.finish(), last=True)
     await response.write_eof()
     return response
+
+
+async def _send(request: web.Request, response: web.StreamResponse, data: bytes, *, last: bool) -> None:
+    if not response.prepared and (data or last):
+        if last:
+            response.content_length = len(data)
+        else:
+            response.enable_chunked_encoding()
+        await response.prepare(request)
+    if data:
+        await response.write(data)
 
 
 async def stream_sse(

@@ -47,7 +47,8 @@ class CallTokens:
             raise TokenError("missing_token", "a call token from POST /v1/webrtc/token is required")
         version, _, rest = token.partition(".")
         expires, _, signature = rest.partition(".")
-        if version != _VERSION or not expires.isdigit() or len(expires) > 12:
+        # ``isdigit`` alone passes '²' and other digits ``int`` cannot read: ASCII digits only.
+        if version != _VERSION or not (expires.isascii() and expires.isdigit()) or len(expires) > 12:
             raise TokenError("invalid_token", "the call token is malformed")
         if not hmac.compare_digest(signature.encode(), self._sign(int(expires)).encode()):
             raise TokenError("invalid_token", "the call token's signature is wrong")

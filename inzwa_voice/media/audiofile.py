@@ -1,9 +1,10 @@
 """Audio files for the REST APIs: streaming speech encoders and a decoder for uploads.
 
-``POST /v1/audio/speech`` answers in OpenAI's ``response_format`` values. Every encoder is
-incremental: :meth:`AudioEncoder.encode` returns the bytes that are ready *now*, so the handler
-can write them to the client while the TTS engine is still speaking, and
-:meth:`AudioEncoder.finish` flushes the codec and writes any trailer.
+``POST /v1/audio/speech`` answers in OpenAI's ``response_format`` values. Every encoder but
+``wav``'s is incremental: :meth:`AudioEncoder.encode` returns the bytes that are ready *now*, so
+the handler can write them to the client while the TTS engine is still speaking, and
+:meth:`AudioEncoder.finish` flushes the codec and writes any trailer (a WAV header must hold the
+length, so that file comes whole from ``finish``).
 
 Bitrates are for one mono voice. "First bytes" was measured at 24 kHz input fed in 100-sample
 chunks:
@@ -12,7 +13,7 @@ chunks:
 format  container, codec  bitrate                  first bytes, then
 ======  ================  =======================  =================================================
 pcm     none, s16le       rate x 16 bit            first ``encode``; every call
-wav     RIFF, PCM s16le   rate x 16 bit            first ``encode`` (44-byte header); every call
+wav     RIFF, PCM s16le   rate x 16 bit            the whole file at ``finish`` (sizes in the header)
 mp3     MP3, LAME         64 kbit/s CBR            after ~75 ms of input; every 576-sample frame
 aac     ADTS, AAC-LC      64 kbit/s                after ~90 ms; every 1024-sample frame
 opus    Ogg, libopus      32 kbit/s VBR + 6 % Ogg  header at once; audio after ~200 ms, then /100 ms
@@ -86,9 +87,9 @@ class AudioEncoder(Protocol):
 def open_encoder(fmt: ResponseFormat, sample_rate: int) -> AudioEncoder:
     """An encoder for ``fmt`` fed with mono int16 PCM at ``sample_rate``."""
     if fmt == "pcm":
-        return _RawEncoder(b"")
+        return _RawEncoder()
     if fmt == "wav":
-        return _RawEncoder(_wav_header(sample_rate))
+        return _WavEncoder(sample_rate)
     if fmt in _CODECS:
         return _ContainerEncoder(_CODECS[fmt], sample_rate)
     raise ValueError(f"unknown audio format {fmt!r}; expected one of {', '.join(RESPONSE_FORMATS)}")
@@ -103,20 +104,20 @@ def _pcm16(samples: NDArray[np.int16]) -> NDArray[np.int16]:
 
 # --- raw PCM and WAV -------------------------------------------------------------------------
 
-# A streamed WAV cannot know its length up front. 0xFFFFFFFF in both RIFF and data sizes is
-# what ffmpeg's own muxer leaves on non-seekable output and what OpenAI streams; ffmpeg reads
-# "to the end of the stream", and Python's ``wave`` reports 2**31 - 1 frames and
-# ``readframes`` stops at the end of the data.
-_UNKNOWN_SIZE: Final = 0xFFFFFFFF
+# A WAV header states the length of the audio, which a stream cannot know when it starts. The
+# streaming convention (0xFFFFFFFF sizes, as ffmpeg leaves on non-seekable output) is read by
+# ffmpeg and libsndfile as "to the end", but Python's ``wave`` takes it at its word: 2**31 - 1
+# frames, a day of audio for one sentence, and so do players that show a duration. So a WAV is
+# sent whole, with its true sizes; ``pcm`` is the same samples without a header, as they come.
 
 
-def _wav_header(sample_rate: int) -> bytes:
-    """A 44-byte RIFF/WAVE header for mono 16-bit PCM of unknown length."""
+def _wav_header(sample_rate: int, data_bytes: int) -> bytes:
+    """The 44-byte RIFF/WAVE header of ``data_bytes`` of mono 16-bit PCM."""
     bytes_per_frame = 2
     return struct.pack(
         "<4sI4s4sIHHIIHH4sI",
         b"RIFF",
-        _UNKNOWN_SIZE,
+        36 + data_bytes,  # the rest of the file: "WAVE", the fmt chunk (24) and the data chunk's header (8)
         b"WAVE",
         b"fmt ",
         16,  # size of the PCM fmt chunk
@@ -127,24 +128,35 @@ def _wav_header(sample_rate: int) -> bytes:
         bytes_per_frame,
         16,  # bits per sample
         b"data",
-        _UNKNOWN_SIZE,
+        data_bytes,
     )
 
 
 class _RawEncoder:
-    """PCM16 little-endian after an optional header: ``pcm`` (no header) and ``wav``."""
-
-    def __init__(self, header: bytes) -> None:
-        self._pending_header = header
+    """``pcm``: PCM16 little-endian as it comes, no header."""
 
     def encode(self, samples: NDArray[np.int16]) -> bytes:
-        out = self._pending_header + _pcm16(samples).astype("<i2", copy=False).tobytes()
-        self._pending_header = b""
-        return out
+        return _pcm16(samples).astype("<i2", copy=False).tobytes()
 
     def finish(self) -> bytes:
-        """Only a header is left, and only if no samples came: an empty but valid WAV."""
-        out, self._pending_header = self._pending_header, b""
+        return b""
+
+
+class _WavEncoder:
+    """``wav``: the samples are kept until ``finish``, which returns the whole file."""
+
+    def __init__(self, sample_rate: int) -> None:
+        self._sample_rate = sample_rate
+        self._data = bytearray()
+
+    def encode(self, samples: NDArray[np.int16]) -> bytes:
+        self._data += _pcm16(samples).astype("<i2", copy=False).tobytes()
+        return b""
+
+    def finish(self) -> bytes:
+        """The header with the true sizes, then the samples (a bare header if none came)."""
+        out = _wav_header(self._sample_rate, len(self._data)) + self._data
+        self._data = bytearray()
         return out
 
 
