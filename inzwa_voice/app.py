@@ -22,7 +22,7 @@ from inzwa_voice.conversation.calls import CallManager
 from inzwa_voice.engines.runtime import Engines
 from inzwa_voice.legs import audiosocket, sip, twilio, webrtc, websocket
 from inzwa_voice.safety import Safety, SafetyConfig
-from inzwa_voice.store import CallStore
+from inzwa_voice.store import open_configured, purge_periodically
 
 
 def build_app(settings: Settings, engines: Engines) -> web.Application:
@@ -56,11 +56,17 @@ def build_app(settings: Settings, engines: Engines) -> web.Application:
     widget.add_routes(app)
 
     async def call_store(app: web.Application) -> AsyncIterator[None]:
-        store = await CallStore.open(settings.db_path)
+        store = await open_configured(settings)
         await store.end_interrupted_calls()
         app[admin_calls.STORE] = store
         calls.store = store
+        days = settings.records_retention_days
+        purging = None if days is None else asyncio.create_task(purge_periodically(store, days))
         yield
+        if purging is not None:
+            purging.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await purging
         await store.close()  # after on_shutdown has ended the calls
 
     async def prompts(app: web.Application) -> AsyncIterator[None]:

@@ -15,7 +15,16 @@ from typing import Any
 import pytest
 
 from inzwa_voice.core import CallInfo, LegKind
-from inzwa_voice.store import MAX_TEXT, MIGRATIONS, WRITE_BACKLOG, CallStore, StoreError, TurnRecord
+from inzwa_voice.store import (
+    MAX_TEXT,
+    MIGRATIONS,
+    WRITE_BACKLOG,
+    CallStore,
+    StoreError,
+    TurnRecord,
+    call_store,
+    purge_periodically,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 INFO = CallInfo("sip", caller="+263771234567", dialled="+263800123456", external_id="abc@pbx", params={"k": "v"})
@@ -49,7 +58,8 @@ class WriteLock:
     """Holds the database's write lock from another connection, as a slow disk or a second
     gateway would: the store's writes wait for it, and nothing else must."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path | None) -> None:
+        assert path is not None, "a SQLite store"
         self.db = sqlite3.connect(path, isolation_level=None)
         self.db.execute("BEGIN IMMEDIATE")
 
@@ -366,3 +376,50 @@ async def test_turns_survive_sigkill_mid_call(tmp_path: Path) -> None:
         ]
     finally:
         await store.close()
+
+
+NOW = 1_800_000_000.0
+DAY = 86400.0
+
+
+async def test_retention_purges_old_calls_with_their_turns_and_keeps_new_ones(
+    store: CallStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(call_store, "PURGE_BATCH", 2)  # several batches: each its own transaction
+    for i in range(5):
+        await store.start_call(f"old{i}", INFO, "p", NOW - 40 * DAY)
+        await store.add_turn(f"old{i}", turn(0))
+        await store.add_event(f"old{i}", "dtmf", {"digit": "1"}, NOW - 40 * DAY)
+        await store.end_call(f"old{i}", "completed", NOW - 40 * DAY + 60)
+    await store.start_call("stale", INFO, "p", NOW - 31 * DAY)  # never ended: a gateway died in it
+    await store.start_call("long", INFO, "p", NOW - 40 * DAY)  # started long ago, ended recently
+    await store.end_call("long", "completed", NOW - 1 * DAY)
+    await store.start_call("new", INFO, "p", NOW - 1 * DAY)
+    await store.add_turn("new", turn(0))
+
+    assert await store.purge_before(NOW - 30 * DAY) == 6
+    assert sorted(c["id"] for c in await store.list_calls()) == ["long", "new"]  # type: ignore[type-var]
+    assert await store.get_call("old0") is None
+    kept: Any = await store.get_call("new")
+    assert kept["turn_count"] == 1
+    assert await store.purge_before(NOW - 30 * DAY) == 0
+
+
+async def test_retention_purges_at_start_and_then_every_hour(store: CallStore) -> None:
+    await store.start_call("old", INFO, "p", NOW - 10 * DAY)
+    await store.end_call("old", "completed", NOW - 10 * DAY)
+    await store.start_call("new", INFO, "p", NOW - 1 * DAY)
+    slept: list[float] = []
+
+    class Stop(Exception):
+        pass
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        if len(slept) == 2:
+            raise Stop
+
+    with pytest.raises(Stop):
+        await purge_periodically(store, 7, sleep=sleep, clock=lambda: NOW)
+    assert slept == [3600.0, 3600.0]
+    assert [c["id"] for c in await store.list_calls()] == ["new"]
