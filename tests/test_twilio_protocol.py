@@ -183,5 +183,15 @@ def test_the_voice_webhook_is_answered_with_connect_stream() -> None:
     voice = golden("webhook")["voice"]
     parameters = protocol.stream_parameters(voice["form"])
     assert parameters == {"from": "+263771234567", "to": "+263800123456", "callSid": voice["form"]["CallSid"]}
-    assert protocol.twiml("wss://voice.example.org/v1/twilio/media", parameters) == voice["twiml"]
+    action = "https://voice.example.org/v1/twilio/action"
+    assert protocol.twiml("wss://voice.example.org/v1/twilio/media", parameters, action) == voice["twiml"]
     assert protocol.stream_parameters({"From": "x" * 100}) == {"from": "x" * 64, "to": "", "callSid": ""}
+
+
+def test_the_connect_action_dials_a_transfer_target_or_hangs_up() -> None:
+    answers = golden("webhook")["connect_action"]
+    for case in ("dial_sip", "dial_number"):
+        assert protocol.dial_twiml(answers[case]["target"]) == answers[case]["twiml"]
+    assert protocol.hangup_twiml() == answers["hangup"]
+    # Text that XML cannot hold never reaches the TwiML.
+    assert "<Number>+263242700000</Number>" in protocol.dial_twiml("+263242\x00700000")

@@ -124,12 +124,14 @@ async def check_call(server: Server, result: dict[str, Any], out_dir: Path, auth
     assert len(result["helperLines"]) >= 2  # the greeting and the answer
     assert result["rmsMax"] > RMS_THRESHOLD
     assert {"session.started", "asr.final", "llm.partial", "tts.start", "transfer"} <= set(result["eventTypes"])
-    assert result["transferNote"]
+    # The widget offers the profile's real target (tests/dialplans/english.yaml) as a link.
+    assert "person" in result["transferNote"]
+    assert result["transferHref"] == "sip:counsellor@127.0.0.1:5070"
     # The hang-up reached the gateway: the call's record is closed as the caller's.
     async with server.http.get(f"{server.v1}/admin/calls/{result['callId']}", headers=auth) as resp:
         record: dict[str, Any] = await resp.json()
     assert (record["leg"], record["disposition"]) == ("webrtc", "caller_hangup")
-    assert "transfer" in [event["kind"] for event in record["events"]]
+    assert {"transfer", "transfer_result"} <= {event["kind"] for event in record["events"]}
 
 
 @contextlib.asynccontextmanager

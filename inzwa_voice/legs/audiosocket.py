@@ -18,6 +18,15 @@ within ``idle_timeout_s`` (Asterisk sends audio every 20 ms, silence included, s
 is a dead one), payload lengths checked per kind before anything is read, a cap on connections
 still waiting for their UUID, and a write timeout so a peer that stops reading is dropped.
 A broken connection ends its own call and nothing else.
+
+Transfer. The protocol has no signalling, so a transfer (DTMF 0, a request for a person, a
+crisis) leaves the target under the call's UUID in a bounded, expiring book, records a
+``transfer_result`` and ends the call as ``transferred``: the gateway sends its hangup frame,
+``AudioSocket()`` returns, and the dialplan asks ``GET /v1/audiosocket/{uuid}/transfer`` with
+``CURL()`` and dials what it gets (an empty answer: no transfer). An HTTP lookup rather than a
+channel variable set over AMI, because it needs no AMI account, no connection the gateway
+must hold open to every Asterisk, and no race between the variable and the socket's end: the
+target is written before the hangup frame goes out. ``sip/asterisk/extensions.conf`` shows it.
 """
 
 from __future__ import annotations
@@ -37,8 +46,10 @@ from aiohttp import web
 from inzwa_voice.config import Settings
 from inzwa_voice.conversation.ports import Call, CallRejected, CallStarter
 from inzwa_voice.core import DTMF_DIGITS, FRAME_MS, PCM16, CallInfo, LegKind
+from inzwa_voice.errors import ApiError
 from inzwa_voice.legs.admission import admitted
 from inzwa_voice.legs.base import ProtocolError
+from inzwa_voice.legs.handoffs import Handoffs, record_transfer
 from inzwa_voice.legs.paced import CallerAudio, OutputLeg, PacedOutput
 from inzwa_voice.media.framing import Framer, bytes_to_pcm16, pcm16_to_bytes
 
@@ -57,6 +68,7 @@ START_TIMEOUT_S: Final = 10.0
 IDLE_TIMEOUT_S: Final = 30.0
 WRITE_TIMEOUT_S: Final = 5.0
 MAX_PENDING: Final = 32
+TRANSFER_PATH: Final = "/v1/audiosocket/{uuid}/transfer"
 """Connections that have not yet sent their UUID; beyond it new ones are refused at once."""
 
 
@@ -143,9 +155,13 @@ class AudioSocketLeg(OutputLeg):
     kind: LegKind = "audiosocket"
     _out: PacedOutput
 
-    def __init__(self, writer: asyncio.StreamWriter, on_error: Callable[[str], None]) -> None:
+    def __init__(
+        self, writer: asyncio.StreamWriter, on_error: Callable[[str], None], handoffs: Handoffs | None = None
+    ) -> None:
         self._writer = writer
         self._on_error = on_error
+        self._handoffs = handoffs
+        self.uuid: uuid.UUID | None = None
         self._framer = Framer(WIRE_FRAME_SAMPLES)
         self._out = PacedOutput(self._send_audio, self._encode, out_rate=SAMPLE_RATE)
         self._closed = False
@@ -180,6 +196,16 @@ class AudioSocketLeg(OutputLeg):
 
     async def send_event(self, event: dict[str, object]) -> None:
         """AudioSocket carries no events: audio, DTMF and hangup are all there is."""
+
+    async def transfer(self, target: str) -> bool:
+        """Leave ``target`` for the dialplan's lookup under the UUID; True, so the call ends and
+        ``AudioSocket()`` returns to the dialplan. A peer already gone cannot be moved."""
+        if self._handoffs is None or self.uuid is None or self._final_sent:
+            await record_transfer(self.call, target, ok=False, reason="the call is already over")
+            return False
+        self._handoffs.put(str(self.uuid), target)
+        await record_transfer(self.call, target, ok=True, reason="the socket ends and the dialplan dials the target")
+        return True
 
     def peer_hung_up(self) -> None:
         """The peer said goodbye (hangup frame or closed socket): no hangup frame back."""
@@ -227,6 +253,7 @@ class AudioSocketServer:
         self._server: asyncio.Server | None = None
         self._connections: set[asyncio.Task[object]] = set()
         self._pending = 0
+        self.handoffs = Handoffs()
 
     async def start(self, host: str, port: int) -> None:
         self._server = await asyncio.start_server(self._accept, host, port)
@@ -250,7 +277,7 @@ class AudioSocketServer:
         task = asyncio.current_task()
         assert task is not None
         self._connections.add(task)
-        leg = AudioSocketLeg(writer, self._error)
+        leg = AudioSocketLeg(writer, self._error, self.handoffs)
         try:
             call_uuid = await self._read_uuid(reader, leg)
             if call_uuid is not None:
@@ -300,6 +327,7 @@ class AudioSocketServer:
         async with admitted(self.calls, leg, info, refuse) as call:
             if call is None:
                 return
+            leg.uuid, leg.call = call_uuid, call
             log.info("audiosocket call", extra={"call_id": call.id, "uuid": str(call_uuid)})
             disposition = "error"
             try:
@@ -361,6 +389,17 @@ class AudioSocketServer:
 AUDIOSOCKET = web.AppKey("audiosocket", AudioSocketServer)
 
 
+async def transfer_lookup(request: web.Request) -> web.Response:
+    """``GET /v1/audiosocket/{uuid}/transfer``: the target a call ended for, as plain text for
+    the dialplan's ``CURL()``; empty when the call asked for no transfer (or it expired)."""
+    try:
+        call_uuid = uuid.UUID(request.match_info["uuid"])
+    except ValueError:
+        raise ApiError("the path must name an AudioSocket UUID", status=400, code="invalid_uuid") from None
+    target = request.app[AUDIOSOCKET].handoffs.get(str(call_uuid))
+    return web.Response(text=target or "", content_type="text/plain")
+
+
 def setup(app: web.Application, calls: CallStarter, settings: Settings) -> None:
     """Serve AudioSocket beside the HTTP app.
 
@@ -371,6 +410,7 @@ def setup(app: web.Application, calls: CallStarter, settings: Settings) -> None:
     """
     server = AudioSocketServer(calls)
     app[AUDIOSOCKET] = server
+    app.router.add_get(TRANSFER_PATH, transfer_lookup)
     if not settings.audiosocket_enabled:
         return
 

@@ -13,7 +13,9 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
+from inzwa_voice.conversation.ports import Call
 from inzwa_voice.core import FRAME_SAMPLES, PCM16, PIPELINE_RATE
+from inzwa_voice.legs.handoffs import record_transfer
 from inzwa_voice.media.framing import Framer
 from inzwa_voice.media.pacer import Pacer
 from inzwa_voice.media.playout import Playout
@@ -83,6 +85,8 @@ class OutputLeg:
     """The Leg's playout methods over the leg's output object ``_out``."""
 
     _out: LegOutput
+    call: Call | None = None
+    """The call this leg carries, once admitted: where a transfer's outcome is recorded."""
 
     @property
     def played_frames(self) -> int:
@@ -102,5 +106,8 @@ class OutputLeg:
         return await self._out.playout.wait_for(position)
 
     async def transfer(self, target: str) -> bool:
-        """Most transports cannot hand a caller on by themselves: the event tells the client."""
+        """A transport that cannot move its call (WebSocket, WebRTC): the ``transfer`` event
+        gives the client the target to offer (the widget shows it as a link), and the caller
+        stays with the bot until they hang up."""
+        await record_transfer(self.call, target, ok=False, reason="offered to the client; the call stays with the bot")
         return False

@@ -1,4 +1,5 @@
-"""The Twilio leg: ``POST /v1/twilio/voice`` (TwiML) and ``GET /v1/twilio/media`` (Media Streams).
+"""The Twilio leg: ``POST /v1/twilio/voice`` (TwiML), ``GET /v1/twilio/media`` (Media Streams)
+and ``POST /v1/twilio/action`` (what follows the stream).
 
 When a call reaches a Twilio number, Twilio posts the voice webhook; we answer with TwiML
 ``<Connect><Stream>``, which makes Twilio open a bidirectional Media Stream to
@@ -24,7 +25,14 @@ price is that audio which did play in the last moments before a barge-in but was
 acknowledged (at most a mark interval plus a round trip) counts as unheard; the assistant's
 memory errs towards less, never more.
 
-Authentication. With ``twilio_auth_token`` set, both routes require ``X-Twilio-Signature``:
+Transfer. A Media Stream cannot move its call, so the voice webhook's TwiML is
+``<Connect action="…/v1/twilio/action">``: when the gateway closes the stream, Twilio posts the
+action URL for the call's next TwiML. A transfer (DTMF 0, a request for a person, a crisis)
+leaves the target in a bounded, expiring book under the call's CallSid, records a
+``transfer_result`` and ends the call as ``transferred``; the action then answers ``<Dial>`` to
+the target. Any other end of the stream is answered ``<Hangup/>``.
+
+Authentication. With ``twilio_auth_token`` set, every route requires ``X-Twilio-Signature``:
 base64(HMAC-SHA1(auth token, URL + each POST parameter's name and value, sorted by name)). The
 WebSocket upgrade is signed over its URL alone and is refused with 403 before upgrading. The
 URL is the one Twilio used: ``twilio_public_url`` + the request path, or, without it, the
@@ -64,6 +72,7 @@ from inzwa_voice.errors import ApiError
 from inzwa_voice.legs import twilio_protocol as protocol
 from inzwa_voice.legs.admission import admitted
 from inzwa_voice.legs.base import ProtocolError
+from inzwa_voice.legs.handoffs import Handoffs, record_transfer
 from inzwa_voice.legs.paced import CallerAudio
 from inzwa_voice.legs.twilio_protocol import SAMPLE_RATE
 from inzwa_voice.media.g711 import ulaw_decode, ulaw_encode
@@ -75,6 +84,7 @@ log = logging.getLogger(__name__)
 
 VOICE_PATH: Final = "/v1/twilio/voice"
 MEDIA_PATH: Final = "/v1/twilio/media"
+ACTION_PATH: Final = "/v1/twilio/action"
 MAX_MESSAGE_BYTES: Final = 64 * 1024
 START_TIMEOUT_S: Final = 10.0
 HEARTBEAT_S: Final = 30.0
@@ -93,9 +103,14 @@ class TwilioLeg:
 
     kind: LegKind = "twilio"
 
-    def __init__(self, ws: web.WebSocketResponse, stream_sid: str) -> None:
+    def __init__(
+        self, ws: web.WebSocketResponse, stream_sid: str, call_sid: str = "", handoffs: Handoffs | None = None
+    ) -> None:
         self._ws = ws
         self.stream_sid = stream_sid
+        self.call_sid = call_sid
+        self.call: Call | None = None
+        self._handoffs = handoffs
         self.playout = Playout()
         self._resampler = Resampler(PIPELINE_RATE, SAMPLE_RATE)
         self._pacer: Pacer[str] = Pacer(self._send_frame, lead_frames=LEAD_FRAMES)
@@ -151,8 +166,15 @@ class TwilioLeg:
         """Media Streams carry no events of ours: Twilio would reject them (error 31924)."""
 
     async def transfer(self, target: str) -> bool:
-        """A Media Stream cannot move its call; that takes Twilio's REST API, which we do not hold."""
-        return False
+        """Leave ``target`` for the ``<Connect action>`` request under the CallSid; True, so the
+        call ends and the closed stream makes Twilio ask. Without a CallSid (or a book) the
+        action could not find it: the caller stays with the bot."""
+        if self._handoffs is None or not self.call_sid or self._closed:
+            await record_transfer(self.call, target, ok=False, reason="no CallSid, or the stream is over")
+            return False
+        self._handoffs.put(self.call_sid, target)
+        await record_transfer(self.call, target, ok=True, reason="the stream ends and Twilio dials the target")
+        return True
 
     async def close(self, reason: str) -> None:
         if self._closed:
@@ -212,6 +234,7 @@ class TwilioRoutes:
     def __init__(self, calls: CallStarter, settings: Settings) -> None:
         self.calls = calls
         self.settings = settings
+        self.handoffs = Handoffs()
 
     def _public_base(self, request: web.Request, *, websocket: bool) -> str:
         """Scheme, host and any path prefix under which Twilio reaches this gateway."""
@@ -244,6 +267,26 @@ class TwilioRoutes:
             )
 
     async def voice_webhook(self, request: web.Request) -> web.Response:
+        fields = await self._form(request)
+        self._authenticate(request, websocket=False, params=fields)
+        stream_url = self._public_base(request, websocket=True) + MEDIA_PATH
+        action_url = self._public_base(request, websocket=False) + ACTION_PATH
+        return web.Response(
+            text=protocol.twiml(stream_url, protocol.stream_parameters(fields), action_url), content_type="text/xml"
+        )
+
+    async def connect_action(self, request: web.Request) -> web.Response:
+        """The stream ended: ``<Dial>`` to the target if the call asked for a transfer, else ``<Hangup/>``."""
+        fields = await self._form(request)
+        self._authenticate(request, websocket=False, params=fields)
+        call_sid = fields.get("CallSid", "")
+        target = self.handoffs.get(call_sid) if call_sid else None
+        log.info("twilio connect action", extra={"call_sid": call_sid[:64], "transfer_target": target})
+        text = protocol.dial_twiml(target) if target else protocol.hangup_twiml()
+        return web.Response(text=text, content_type="text/xml")
+
+    @staticmethod
+    async def _form(request: web.Request) -> dict[str, str]:
         if request.content_type != "application/x-www-form-urlencoded":
             raise ApiError(
                 "Twilio posts webhooks as application/x-www-form-urlencoded",
@@ -251,12 +294,7 @@ class TwilioRoutes:
                 code="unsupported_media_type",
             )
         form = await request.post()
-        fields = {name: value for name, value in form.items() if isinstance(value, str)}
-        self._authenticate(request, websocket=False, params=fields)
-        stream_url = self._public_base(request, websocket=True) + MEDIA_PATH
-        return web.Response(
-            text=protocol.twiml(stream_url, protocol.stream_parameters(fields)), content_type="text/xml"
-        )
+        return {name: value for name, value in form.items() if isinstance(value, str)}
 
     async def media_stream(self, request: web.Request) -> web.WebSocketResponse:
         self._authenticate(request, websocket=True)
@@ -274,9 +312,10 @@ class TwilioRoutes:
             log.info("twilio call refused", extra={"reason": exc.code, "call_sid": start.info.external_id})
             await ws.close(code=WSCloseCode.TRY_AGAIN_LATER, message=exc.code.encode())
 
-        leg = TwilioLeg(ws, start.stream_sid)
+        leg = TwilioLeg(ws, start.stream_sid, start.info.external_id, self.handoffs)
         async with admitted(self.calls, leg, start.info, refuse) as call:
             if call is not None:
+                leg.call = call
                 await self._serve(ws, leg, call)
         return ws
 
@@ -341,3 +380,4 @@ def add_routes(app: web.Application, calls: CallStarter, settings: Settings) -> 
     routes = TwilioRoutes(calls, settings)
     app.router.add_post(VOICE_PATH, routes.voice_webhook)
     app.router.add_get(MEDIA_PATH, routes.media_stream)
+    app.router.add_post(ACTION_PATH, routes.connect_action)

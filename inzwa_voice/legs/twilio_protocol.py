@@ -4,7 +4,8 @@ Everything Twilio and the gateway say to each other is here, so it is tested mes
 against Twilio's documented examples (``tests/golden/twilio/``, from
 https://www.twilio.com/docs/voice/media-streams/websocket-messages) without a call:
 
-* the request signature (``X-Twilio-Signature``) and the TwiML that answers the voice webhook;
+* the request signature (``X-Twilio-Signature``), the TwiML that answers the voice webhook and
+  the TwiML that answers ``<Connect action>`` when the stream ends (``<Dial>`` or ``<Hangup/>``);
 * :func:`parse`: one inbound WebSocket message to a typed value (:class:`Connected`,
   :class:`Start`, :class:`Media`, :class:`Dtmf`, :class:`Mark`, :class:`Stop`), or a
   :class:`~inzwa_voice.legs.base.ProtocolError` whose ``code`` names what is wrong;
@@ -21,6 +22,7 @@ import base64
 import hashlib
 import hmac
 import json
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
@@ -56,22 +58,48 @@ def signature_matches(presented: str, auth_token: str, url: str, params: Iterabl
     return hmac.compare_digest(presented.encode(), signature(auth_token, url, params).encode())
 
 
+# Characters XML 1.0 cannot hold at all, not even escaped (``&#1;`` is ill-formed too), and the
+# other control characters, which no number or sid has: ElementTree would copy them into the
+# TwiML as they are, and Twilio could not parse the answer.
+_NOT_XML_TEXT = re.compile("[^\x20-\x7e\xa0-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+
+
 def stream_parameters(form: Mapping[str, str]) -> dict[str, str]:
     """The ``<Parameter>``s a stream carries from the voice webhook's form: the caller, the
     number dialled and the call's sid (a Stream URL may carry no query string)."""
     return {
-        "from": form.get("From", "")[:64],
-        "to": form.get("To", "")[:64],
-        "callSid": form.get("CallSid", "")[:64],
+        name: _NOT_XML_TEXT.sub("", form.get(field, ""))[:64]
+        for name, field in (("from", "From"), ("to", "To"), ("callSid", "CallSid"))
     }
 
 
-def twiml(stream_url: str, parameters: Mapping[str, str]) -> str:
-    """``<Connect><Stream>``: Twilio streams the call to ``stream_url`` until the socket closes."""
+def twiml(stream_url: str, parameters: Mapping[str, str], action_url: str) -> str:
+    """``<Connect action><Stream>``: Twilio streams the call to ``stream_url`` until the socket
+    closes, then posts ``action_url`` for what comes next (a transfer's ``<Dial>``)."""
     response = ElementTree.Element("Response")
-    stream = ElementTree.SubElement(ElementTree.SubElement(response, "Connect"), "Stream", url=stream_url)
+    connect = ElementTree.SubElement(response, "Connect", action=action_url)
+    stream = ElementTree.SubElement(connect, "Stream", url=stream_url)
     for name, value in parameters.items():
         ElementTree.SubElement(stream, "Parameter", name=name, value=value)
+    return _document(response)
+
+
+def dial_twiml(target: str) -> str:
+    """``<Dial>`` to a transfer target: ``<Sip>`` for a ``sip:`` URI, else ``<Number>``."""
+    response = ElementTree.Element("Response")
+    noun = "Sip" if target.lower().startswith("sip:") else "Number"
+    ElementTree.SubElement(ElementTree.SubElement(response, "Dial"), noun).text = _NOT_XML_TEXT.sub("", target)
+    return _document(response)
+
+
+def hangup_twiml() -> str:
+    """``<Hangup/>``: the stream ended without a transfer, so the call ends."""
+    response = ElementTree.Element("Response")
+    ElementTree.SubElement(response, "Hangup")
+    return _document(response)
+
+
+def _document(response: ElementTree.Element) -> str:
     return '<?xml version="1.0" encoding="UTF-8"?>' + ElementTree.tostring(response, encoding="unicode")
 
 

@@ -128,6 +128,7 @@ class WebSocketRoutes:
         leg = WebSocketLeg(ws, rate)
         async with admitted(self.calls, leg, info, refuse) as call:
             if call is not None:
+                leg.call = call
                 # Inside the admitted block: a client gone before it hears this still frees its slot.
                 await leg.send_event({"type": "session.started", "call_id": call.id, "profile": call.profile.name})
                 await self._serve(ws, call, rate)

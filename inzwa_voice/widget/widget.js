@@ -39,7 +39,8 @@
     transcript: ["Zvataurwa", "Transcript"],
     you: ["Imi", "You"],
     helper: ["Mubatsiri", "Helper"],
-    transfer: ["Tiri kukubatanidzai nemunhu", "Connecting you to a person"],
+    transfer: ["Kuti mutaure nemunhu, fonai", "To talk to a person, call"],
+    noPerson: ["Hapana munhu aripo parizvino", "No one is available right now"],
   };
   const IN_CALL = new Set(["connecting", "listening", "speaking"]);
 
@@ -67,6 +68,15 @@
   function bilingual(el, [sn, en], separator = " / ") {
     const part = (lang, textContent) => element("span", { lang, textContent });
     el.replaceChildren(part("sn", sn), separator, part("en", en));
+  }
+
+  // A transfer target as a link's href and text; null for none or anything else (no other scheme
+  // may reach an href).
+  function transferLink(target) {
+    const number = /^(tel:)?(\+?[\d\s-]{3,})$/.exec(target || "");
+    if (number) return { href: `tel:${number[2].replace(/[\s-]/g, "")}`, textContent: number[2] };
+    const sip = /^sips?:[^\s<>"'`]+$/i.exec(target || "");
+    return sip ? { href: sip[0], textContent: sip[0] } : null;
   }
 
   function optionsFrom(data) {
@@ -326,13 +336,17 @@
       return el;
     }
 
-    // A browser cannot be bridged to a SIP counsellor: show the number when the target is one.
+    // The gateway cannot bridge a browser to a person: the call stays with the helper, and the
+    // note offers the profile's target as a link (tel: for a number, sip: for a SIP URI). No
+    // target (after hours): the note says so, and the helper says when people are in.
     transferNote(target) {
       const note = element("p", { className: "inzwa-line inzwa-note" });
-      bilingual(note, TEXT.transfer);
-      const number = /^(tel:)?(\+?[\d\s-]{3,})$/.exec(target || "");
-      if (number) {
-        note.append(": ", element("a", { href: `tel:${number[2].replace(/[\s-]/g, "")}`, textContent: number[2] }));
+      const link = transferLink(target);
+      if (link) {
+        bilingual(note, TEXT.transfer);
+        note.append(": ", element("a", { className: "inzwa-transfer", ...link }));
+      } else {
+        bilingual(note, TEXT.noPerson);
       }
       this.transcript.append(note);
     }

@@ -125,6 +125,7 @@ try {
     timeout: STEP_TIMEOUT_MS,
   });
   result.transferNote = await page.textContent(".inzwa-note");
+  result.transferHref = await page.getAttribute(".inzwa-note a.inzwa-transfer", "href");
 
   result.step = "hang up";
   await press(page, ".inzwa-hangup");
