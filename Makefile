@@ -37,8 +37,10 @@ models: install
 serve: models
 	$(BIN)/inzwa-voice serve
 
-# Debian packages the test suite drives as real peers: Chromium (web widget), SIPp, Kamailio.
-SYSTEM_PACKAGES := chromium sip-tester kamailio
+# Debian packages the test suite drives as real peers: Chromium (web widget), SIPp, Kamailio,
+# PostgreSQL (the shared call store); and the checkers of the deployment files: promtool
+# (prometheus) for the alert rules, systemd-analyze (systemd) for the unit.
+SYSTEM_PACKAGES := chromium sip-tester kamailio postgresql prometheus systemd
 system-deps:
 	@missing=""; for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; fi

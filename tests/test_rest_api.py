@@ -112,7 +112,7 @@ async def test_health_metrics_models_and_voices(server: Server) -> None:
     assert "inzwa_http_requests_total" in text and "inzwa_engine_rtf_bucket" in text
     async with server.http.get(server.v1 + "/models") as resp:
         models = {m["kind"]: m for m in (await resp.json())["data"]}
-    assert set(models) == {"vad", "asr", "llm", "tts"}
+    assert set(models) == {"vad", "asr", "llm", "tts", "embedding"}
     assert models["asr"]["sha256"] and models["llm"]["sha256"] and models["llm"]["size_bytes"] > 100_000_000
     async with server.http.get(server.v1 + "/voices") as resp:
         voices = {v["id"]: v for v in (await resp.json())["data"]}
