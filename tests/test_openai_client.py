@@ -86,9 +86,13 @@ async def test_a_cancelled_stream_stops_generation(client: AsyncOpenAI, engines:
     before_cancelled, before_tokens = cancelled._value.get(), tokens._value.get()
     stream = await client.chat.completions.create(
         model="default",
+        # Long enough that the model is still writing when the client leaves (a count "to five
+        # hundred" is one the packaged Qwen gives up on by itself after some thirty tokens).
         messages=[
-            {"role": "user", "content": "Please count to five hundred."},
-            {"role": "assistant", "content": "one, two, three, four, five, six, seven,"},  # a prefill to continue
+            {
+                "role": "user",
+                "content": "Tell me a very long story about a village by a river, at least five hundred words.",
+            }
         ],
         max_tokens=1500,
         stream=True,

@@ -139,10 +139,12 @@ class Engines:
             outcome = "error"
             raise
         finally:
-            await source.aclose()
+            # Counted before the model is released: the next generation may start (and end) the
+            # moment ``aclose`` frees it, and how this one ended must be on record by then.
             self.metrics.llm_active.dec()
             self.metrics.llm_generations.labels(outcome).inc()
             self.metrics.inference_seconds.labels("llm", "generate").observe(time.perf_counter() - started)
+            await source.aclose()
 
     # --- sentence embeddings ---
     async def embed(self, texts: Sequence[str]) -> Float32:
