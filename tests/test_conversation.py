@@ -196,6 +196,36 @@ def test_each_stretch_of_a_three_sentence_question_is_decoded_once_with_the_earl
     scripted(body)
 
 
+def test_stretches_that_close_while_a_decode_is_running_are_decoded_together_in_the_next() -> None:
+    async def body(call: Call) -> None:
+        await call.caller.run(
+            [
+                wait_until(greeted(call.leg)),
+                speak(1000, "hello"),
+                pause(440),
+                speak(900, "i need help"),
+                pause(500),
+                speak(1200, "when does the clinic open"),
+                pause(8000),
+            ]
+        )
+        # The first stretch's decode was still running (the cores busy) when the other two
+        # closed: they waited for it and went into one decode, with its words as the prompt.
+        decodes = call.engines.asr.calls
+        assert [(c.text, c.prompt) for c in decodes] == [
+            ("hello", None),
+            ("i need help when does the clinic open", "hello"),
+        ]
+        ended = decodes[0].ended
+        assert ended is not None and decodes[1].started >= ended
+        (final,) = call.leg.events("asr.final")
+        assert final.event["text"] == "hello i need help when does the clinic open"
+        (metrics,) = call.leg.events("turn.metrics")
+        assert metrics.event["runs"] == {"asr": 2, "llm": 1}
+
+    scripted(body, asr=(Decode(latency_s=3.5), Decode(latency_s=0.3)))
+
+
 def test_a_caller_who_goes_on_keeps_the_stretches_decoded_and_only_the_speculative_answer_is_dropped() -> None:
     async def body(call: Call) -> None:
         leg = call.leg

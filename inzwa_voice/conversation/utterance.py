@@ -7,6 +7,12 @@ while the caller may go on, with the earlier stretches' text as Whisper's prompt
 transcript is the stretches joined. So when the endpoint comes only the last stretch is still
 being decoded, and it started at the pause. A caller who resumes keeps every stretch decoded.
 
+One decode of a turn runs at a time: stretches that close while the one before is still being
+decoded (the cores are busy with other calls) wait and are decoded together, in one run, when
+it ends. Every Whisper run pays a fixed pass over a 30-second window (about 0.4 s on two cores)
+whatever the length of its audio, so under load a turn costs fewer, longer decodes instead of
+one per stretch, and alone it still costs one per stretch, each as soon as it closes.
+
 Decodes run at ``Priority.SPECULATIVE`` until the turn is committed, then at ``FINAL``; the
 urgency's ``runs`` count what the turn cost (shared with its replies).
 """
@@ -15,6 +21,8 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+
+import numpy as np
 
 from inzwa_voice.core import PCM16
 from inzwa_voice.engines.base import Inference
@@ -32,18 +40,21 @@ class Utterance:
         self._language = language
         self._on_text = on_text
         self.urgency = Urgency(Priority.SPECULATIVE)
+        self.stretches = 0
         self._decodes: list[asyncio.Task[str]] = []
-
-    @property
-    def stretches(self) -> int:
-        return len(self._decodes)
+        self._closed: list[PCM16] = []  # stretches the next decode takes when it starts
+        self._next: asyncio.Task[str] | None = None  # that decode, waiting for the one before
 
     def add(self, audio: PCM16) -> None:
-        """A stretch closed: decode it now, after the ones before (their text is its prompt)."""
-        before = self._decodes[-1] if self._decodes else None
-        decode = asyncio.get_running_loop().create_task(self._decode(audio, before), context=self.urgency.context())
-        decode.add_done_callback(_retrieved)
-        self._decodes.append(decode)
+        """A stretch closed: decode it now, or with the next decode if one is still running."""
+        self.stretches += 1
+        self._closed.append(audio)
+        if self._next is None:
+            before = self._decodes[-1] if self._decodes else None
+            decode = asyncio.get_running_loop().create_task(self._decode(before), context=self.urgency.context())
+            decode.add_done_callback(_retrieved)
+            self._decodes.append(decode)
+            self._next = decode
 
     async def text(self) -> str:
         """The stretches added so far, joined, once decoded; cancelling this leaves them running."""
@@ -63,8 +74,15 @@ class Utterance:
         for decode in self._decodes:
             decode.cancel()
 
-    async def _decode(self, audio: PCM16, before: asyncio.Task[str] | None) -> str:
-        previous = "" if before is None else await asyncio.shield(before)
+    async def _decode(self, before: asyncio.Task[str] | None) -> str:
+        try:
+            previous = "" if before is None else await asyncio.shield(before)
+        finally:
+            # From here on a closing stretch needs a decode of its own: this one takes what
+            # closed so far (or, failed or cancelled, nothing).
+            if self._next is asyncio.current_task():
+                self._next = None
+        audio, self._closed = np.concatenate(self._closed), []
         async with asyncio.timeout(STAGE_TIMEOUT_S):
             result = await self._inference.transcribe(
                 pcm16_to_float(audio), language=self._language, prompt=previous or None
