@@ -42,7 +42,7 @@ from inzwa_voice.conversation.ports import Leg
 from inzwa_voice.conversation.prompts import PromptAudio, synthesize_frames
 from inzwa_voice.conversation.recorder import Recorder
 from inzwa_voice.conversation.reply import ReplyInfo
-from inzwa_voice.conversation.utterance import STAGE_TIMEOUT_S, Utterance
+from inzwa_voice.conversation.utterance import STAGE_TIMEOUT_S, Utterance, retrieved
 from inzwa_voice.core import FRAME_MS, PCM16, CallInfo, Profile
 from inzwa_voice.engines.base import ChatMessage, Inference
 from inzwa_voice.engines.scheduler import Priority, Urgency
@@ -214,7 +214,7 @@ class Responder:
         reply.transcription = asyncio.get_running_loop().create_task(
             self._transcribe(reply), context=reply.urgency.context()
         )
-        reply.transcription.add_done_callback(_retrieved)
+        reply.transcription.add_done_callback(retrieved)
         if answer:
             reply.tasks += [self._spawn(self._produce(reply), reply), self._spawn(self._play(reply), reply)]
         self.speculative = reply
@@ -599,12 +599,6 @@ class Responder:
 def _source(reply: Reply) -> dict[str, object]:
     """The ``source`` of an answer's events (prompts have none)."""
     return {} if reply.source is None else {"source": reply.source.public()}
-
-
-def _retrieved(task: asyncio.Task[str]) -> None:
-    """A decode whose reply was dropped may fail unseen; its failure is the producer's to report."""
-    if not task.cancelled():
-        task.exception()
 
 
 def _now() -> float:

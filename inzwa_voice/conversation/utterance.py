@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -52,7 +53,7 @@ class Utterance:
         if self._next is None:
             before = self._decodes[-1] if self._decodes else None
             decode = asyncio.get_running_loop().create_task(self._decode(before), context=self.urgency.context())
-            decode.add_done_callback(_retrieved)
+            decode.add_done_callback(retrieved)
             self._decodes.append(decode)
             self._next = decode
 
@@ -92,7 +93,9 @@ class Utterance:
         return text
 
 
-def _retrieved(task: asyncio.Task[str]) -> None:
-    """A stretch's failure is reported by the reply that waits for it, if any does."""
+def retrieved(task: asyncio.Task[Any]) -> None:
+    """A done-callback for a decode whose failure is reported by whatever waits for it, if
+    anything does (a stretch's by its reply, a dropped reply's transcription by nobody): it is
+    marked retrieved, so asyncio does not log it as never seen."""
     if not task.cancelled():
         task.exception()

@@ -49,7 +49,7 @@ from inzwa_voice.core import DTMF_DIGITS, FRAME_MS, PCM16, CallInfo, LegKind
 from inzwa_voice.errors import ApiError
 from inzwa_voice.legs.admission import admitted
 from inzwa_voice.legs.base import ProtocolError
-from inzwa_voice.legs.handoffs import Handoffs, record_transfer
+from inzwa_voice.legs.handoffs import Handoffs, hand_off
 from inzwa_voice.legs.paced import CallerAudio, OutputLeg, PacedOutput
 from inzwa_voice.media.framing import Framer, bytes_to_pcm16, pcm16_to_bytes
 
@@ -200,12 +200,14 @@ class AudioSocketLeg(OutputLeg):
     async def transfer(self, target: str) -> bool:
         """Leave ``target`` for the dialplan's lookup under the UUID; True, so the call ends and
         ``AudioSocket()`` returns to the dialplan. A peer already gone cannot be moved."""
-        if self._handoffs is None or self.uuid is None or self._final_sent:
-            await record_transfer(self.call, target, ok=False, reason="the call is already over")
-            return False
-        self._handoffs.put(str(self.uuid), target)
-        await record_transfer(self.call, target, ok=True, reason="the socket ends and the dialplan dials the target")
-        return True
+        return await hand_off(
+            self._handoffs,
+            None if self.uuid is None or self._final_sent else str(self.uuid),
+            self.call,
+            target,
+            how="the socket ends and the dialplan dials the target",
+            why_not="the call is already over",
+        )
 
     def peer_hung_up(self) -> None:
         """The peer said goodbye (hangup frame or closed socket): no hangup frame back."""

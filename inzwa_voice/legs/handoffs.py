@@ -63,6 +63,21 @@ class Handoffs:
             del self._waiting[key]
 
 
+async def hand_off(
+    book: Handoffs | None, key: str | None, call: Call | None, target: str, *, how: str, why_not: str
+) -> bool:
+    """A leg whose platform asks for the target after the stream ends (Twilio, AudioSocket):
+    leave ``target`` in ``book`` under the platform's ``key`` for the call and record ``how`` it
+    goes on; True, so the call ends and the platform asks. Without a book or a key (no id, or
+    the call is already over) nothing could find it: recorded with ``why_not``, and False."""
+    if book is None or not key:
+        await record_transfer(call, target, ok=False, reason=why_not)
+        return False
+    book.put(key, target)
+    await record_transfer(call, target, ok=True, reason=how)
+    return True
+
+
 async def record_transfer(call: Call | None, target: str, *, ok: bool, reason: str) -> None:
     """A transfer's outcome in the call record (``transfer_result``, shaped as SIP's): ``ok``
     when the platform takes the caller on, ``reason`` how or why not."""

@@ -72,7 +72,7 @@ from inzwa_voice.errors import ApiError
 from inzwa_voice.legs import twilio_protocol as protocol
 from inzwa_voice.legs.admission import admitted
 from inzwa_voice.legs.base import ProtocolError
-from inzwa_voice.legs.handoffs import Handoffs, record_transfer
+from inzwa_voice.legs.handoffs import Handoffs, hand_off
 from inzwa_voice.legs.paced import CallerAudio
 from inzwa_voice.legs.twilio_protocol import SAMPLE_RATE
 from inzwa_voice.media.g711 import ulaw_decode, ulaw_encode
@@ -169,12 +169,14 @@ class TwilioLeg:
         """Leave ``target`` for the ``<Connect action>`` request under the CallSid; True, so the
         call ends and the closed stream makes Twilio ask. Without a CallSid (or a book) the
         action could not find it: the caller stays with the bot."""
-        if self._handoffs is None or not self.call_sid or self._closed:
-            await record_transfer(self.call, target, ok=False, reason="no CallSid, or the stream is over")
-            return False
-        self._handoffs.put(self.call_sid, target)
-        await record_transfer(self.call, target, ok=True, reason="the stream ends and Twilio dials the target")
-        return True
+        return await hand_off(
+            self._handoffs,
+            None if self._closed else self.call_sid,
+            self.call,
+            target,
+            how="the stream ends and Twilio dials the target",
+            why_not="no CallSid, or the stream is over",
+        )
 
     async def close(self, reason: str) -> None:
         if self._closed:
