@@ -13,7 +13,7 @@ LLAMA_WHEEL    = $(wildcard $(WHEELHOUSE)/llama_cpp_python-$(LLAMA_VERSION)-*.wh
 STAMP      := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install serve test lint bench models clean system-deps
+.PHONY: install serve test lint bench models clean system-deps fuzz
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -53,17 +53,26 @@ $(BROWSER_MODULES): tests/browser/package-lock.json
 
 # lint-imports checks the layering contract in pyproject.toml ([tool.importlinter]).
 test: models system-deps $(BROWSER_MODULES)
-	$(BIN)/ruff check inzwa_voice tests loadtest
-	$(BIN)/ruff format --check inzwa_voice tests loadtest
+	$(BIN)/ruff check inzwa_voice tests loadtest fuzz
+	$(BIN)/ruff format --check inzwa_voice tests loadtest fuzz
 	$(BIN)/mypy
 	$(BIN)/lint-imports --no-cache
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 lint: install
-	$(BIN)/ruff check inzwa_voice tests loadtest
-	$(BIN)/ruff format --check inzwa_voice tests loadtest
+	$(BIN)/ruff check inzwa_voice tests loadtest fuzz
+	$(BIN)/ruff format --check inzwa_voice tests loadtest fuzz
 	$(BIN)/mypy
 	$(BIN)/lint-imports --no-cache
+
+# Coverage-guided fuzzing (atheris) of every parser of outside input, FUZZ_SECONDS per target;
+# `make test` runs the same targets as bounded property tests (tests/fuzz/). Crashes land in
+# var/fuzz/crashes/; fuzz/run.py --help says how to replay one.
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS ?=
+fuzz: install
+	$(BIN)/pip install -q --find-links $(WHEELHOUSE) -e '.[dev,fuzz]'
+	$(BIN)/python fuzz/run.py --seconds $(FUZZ_SECONDS) $(FUZZ_TARGETS)
 
 bench: models
 	$(BIN)/python loadtest/bench_engines.py

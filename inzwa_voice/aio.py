@@ -28,17 +28,26 @@ async def iterate_in_thread(
     factory: Callable[[threading.Event], Iterator[T]],
     *,
     maxsize: int = 4,
+    on_demand: bool = False,
 ) -> AsyncGenerator[T, None]:
     """Run ``factory(stop_event)`` in ``executor`` and yield its items on the loop.
 
     The generator gets the stop event so it can also stop between its own inner steps. When
     the consumer stops early (``aclose``, cancellation, an exception), the event is set, the
     queue is drained so a blocked producer wakes, and the generator is closed in its thread.
-    The queue bound gives back-pressure: a slow consumer pauses the model.
+    The queue bound gives back-pressure: a slow consumer pauses the model. ``on_demand``: no
+    item is produced before the consumer asks for it, so the model computes only while its
+    consumer waits (and holds the scheduler's slot for it), never ahead.
     """
     loop = asyncio.get_running_loop()
-    queue: asyncio.Queue[object] = asyncio.Queue(maxsize=maxsize)
+    queue: asyncio.Queue[object] = asyncio.Queue(maxsize=0 if on_demand else maxsize)
     stop = threading.Event()
+    wanted = threading.Semaphore(0)
+
+    def wait_wanted() -> None:
+        while not wanted.acquire(timeout=0.1):
+            if stop.is_set():
+                raise Cancelled()
 
     def put(item: object) -> None:
         fut = asyncio.run_coroutine_threadsafe(queue.put(item), loop)
@@ -55,7 +64,13 @@ async def iterate_in_thread(
         gen = factory(stop)
         try:
             try:
-                for item in gen:
+                while True:
+                    if on_demand:
+                        wait_wanted()
+                    try:
+                        item = next(gen)
+                    except StopIteration:
+                        break
                     if stop.is_set():
                         return
                     put(item)
@@ -76,6 +91,8 @@ async def iterate_in_thread(
     loop.run_in_executor(executor, work)
     try:
         while True:
+            if on_demand:
+                wanted.release()
             item = await queue.get()
             if item is _DONE:
                 break

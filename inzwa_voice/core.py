@@ -47,7 +47,7 @@ class CallInfo:
 class Profile:
     """How the helpline behaves on one call (language, voice, prompts, limits, transfer).
 
-    Dialplans (``dialplans/*.yaml``) choose a profile per call; every default below is the
+    Dialplans (``inzwa_voice/dialplans/*.yaml``) choose a profile per call; every default below is the
     behaviour a call gets when the dialplan says nothing else.
     """
 
@@ -57,6 +57,8 @@ class Profile:
     system_prompt: str = "The Helper is kind and calm, and answers in one or two short sentences."
     greeting: str = "Mhoro, mauya kunhare yerubatsiro. Ndingakubatsirei?"
     hold_prompt: str = "Ndapota mirai zvishoma."
+    # Said to a call the gateway cannot take now (its cores are full), before it is refused.
+    busy_message: str = "Ndine urombo, tiri kubatsira vamwe vakawanda parizvino. Ndapota fonai zvakare gare gare."
     reprompt: str = "Muchiri ipapo here?"
     goodbye: str = "Tatenda nekufona. Chisarai zvakanaka."
     # Said when an answer failed (a stage timed out or broke): the caller is never left in silence.
@@ -73,3 +75,14 @@ class Profile:
     max_call_s: float = 900.0
     # The hold prompt plays when no answer audio is ready this long after the caller stopped.
     hold_after_s: float = 2.5
+    # Record the call (caller and bot in two channels, under INZWA_RECORDINGS_DIR). Off unless
+    # the profile says so; a recorded profile must say ``recording_consent``, which the caller
+    # hears first, before the greeting.
+    recording: bool = False
+    recording_consent: str = ""
+
+    @property
+    def opening(self) -> str:
+        """What the caller hears first: the recording notice (on a recorded call), then the greeting."""
+        notice = self.recording_consent if self.recording else ""
+        return " ".join(text for text in (notice, self.greeting) if text)

@@ -1,6 +1,7 @@
 """Dialplans: which profile answers a call, chosen by number dialled, caller, leg and the clock.
 
-A dialplan is a YAML file (``dialplans/default.yaml`` is the commented reference). Rules are
+A dialplan is a YAML file (``inzwa_voice/dialplans/default.yaml``, which ships in the package and
+answers when ``INZWA_DIALPLAN_PATH`` is unset, is the commented reference). Rules are
 tried in order and the first whose ``match`` fits the call wins; no match means ``default``.
 Office ``hours`` send calls outside them to an ``after_hours_profile``.
 
@@ -28,7 +29,8 @@ from yaml.nodes import MappingNode, Node, ScalarNode
 from inzwa_voice.core import CallInfo, LegKind, Profile
 from inzwa_voice.yamlfile import YamlReader
 
-DEFAULT_DIALPLAN = Path(__file__).resolve().parents[1] / "dialplans" / "default.yaml"
+# Package data beside this module, so a wheel install (or a container built from one) has it.
+DEFAULT_DIALPLAN = Path(__file__).resolve().parent / "dialplans" / "default.yaml"
 
 # Languages every dialplan may use; a file's top-level ``languages`` list adds more. Whisper
 # knows ~100 codes, but a profile in a language nobody tested is a mistake more often than not.
@@ -229,7 +231,12 @@ class _Reader(YamlReader):
     def apply(self, base: Profile, fields: dict[str, Node]) -> Profile:
         """``base`` with ``fields`` set, each converted and checked against its Profile type."""
         values = {name: self.field(name, node) for name, node in fields.items()}
-        return dataclasses.replace(base, **values)  # type: ignore[arg-type]
+        profile = dataclasses.replace(base, **values)  # type: ignore[arg-type]
+        if profile.recording and not profile.recording_consent.strip() and fields:
+            # A caller is told before anything of theirs is kept: no notice, no recording.
+            node = fields.get("recording_consent", fields.get("recording", next(iter(fields.values()))))
+            raise self.error(node, "a profile with recording: true must say recording_consent (the words callers hear)")
+        return profile
 
     def field(self, name: str, node: Node) -> object:
         if name == "language":

@@ -5,9 +5,12 @@ Every series the gateway exports is declared here, so ``/metrics`` is documented
 
 from __future__ import annotations
 
+import platform
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, generate_latest
+
+from inzwa_voice import __version__
 
 _LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0)
 _RTF_BUCKETS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0)
@@ -19,6 +22,14 @@ class Metrics:
         r = self.registry
         # process_cpu_seconds_total, process_resident_memory_bytes, ...: what a load test reads.
         ProcessCollector(registry=r)
+        # Always 1: the labels say what runs, so a dashboard can show (and join on) the version.
+        self.build_info = Gauge(
+            "inzwa_build_info",
+            "The gateway's version and Python",
+            ["version", "python", "implementation"],
+            registry=r,
+        )
+        self.build_info.labels(__version__, platform.python_version(), platform.python_implementation()).set(1)
         peak = Gauge("inzwa_process_peak_rss_bytes", "Peak resident memory of this process", registry=r)
         peak.set_function(_peak_rss_bytes)
         self.http_requests = Counter(
@@ -94,8 +105,8 @@ class Metrics:
         )
         self.turn_latency = Histogram(
             "inzwa_turn_latency_seconds",
-            "Time from the caller's last voiced frame to each stage of the answer",
-            ["stage"],
+            "Time from the caller's last voiced frame to each stage of the answer, by leg",
+            ["leg", "stage"],
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )

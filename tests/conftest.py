@@ -6,6 +6,7 @@ Speech for tests is made with the packaged TTS, so nothing is downloaded.
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from aiohttp import ClientSession, web
+from hypothesis import HealthCheck
+from hypothesis import settings as hypothesis_settings
 
 from inzwa_voice.app import build_app
 from inzwa_voice.config import Settings, load_settings
@@ -20,6 +23,14 @@ from inzwa_voice.engines.loading import load_engines
 from inzwa_voice.engines.runtime import Engines
 from inzwa_voice.media.resample import Resampler
 from inzwa_voice.telemetry import Metrics
+
+# Property tests (tests/fuzz/): "ci" bounds every @given so the suite stays within CI's time;
+# HYPOTHESIS_PROFILE=long searches far longer (for a night, not a commit).
+hypothesis_settings.register_profile(
+    "ci", max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large]
+)
+hypothesis_settings.register_profile("long", max_examples=20_000, deadline=None)
+hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
 @pytest.fixture(scope="session")

@@ -59,17 +59,20 @@ class ScriptedCalls:
     def __init__(self, refusal: CallRejected | None = None) -> None:
         self.metrics = Metrics()
         self.draining = False
-        self.refusal = refusal
+        self._refused = refusal
         self.started: list[ScriptedCall] = []
         self._admitted = asyncio.Event()
 
     async def start(self, leg: Leg, info: CallInfo) -> ScriptedCall:
-        if self.refusal is not None:
-            raise self.refusal
+        if self._refused is not None:
+            raise self._refused
         call = ScriptedCall(leg, info)
         self.started.append(call)
         self._admitted.set()
         return call
+
+    def refusal(self, info: CallInfo) -> CallRejected | None:
+        return self._refused
 
     async def first(self) -> ScriptedCall:
         """The first call admitted, once there is one."""

@@ -111,6 +111,28 @@ async def test_unknown_call_is_404(client: Client, spec: Any) -> None:
     assert len(long["error"]["message"]) < 120
 
 
+async def test_a_recording_is_served_as_wav_and_its_absence_is_404(
+    client: Client, store: CallStore, spec: Any, tmp_path: Path
+) -> None:
+    route = "/v1/admin/calls/{id}/recording"
+    await seed(store)
+    wav = tmp_path / "c1.wav"
+    wav.write_bytes(b"RIFF....WAVE")
+    await store.set_recording("c1", wav, 0.5)
+    await store.set_recording("c3", tmp_path / "elsewhere.wav", None)  # another gateway's disk
+    async with client.get("/v1/admin/calls/c1/recording") as resp:
+        assert resp.status == 200 and await check(spec, "GET", route, resp) == []  # audio/wav, as documented
+        assert resp.headers["Content-Disposition"] == 'attachment; filename="c1.wav"'
+        assert await resp.read() == wav.read_bytes()
+    for call_id, code in (("nope", "call_not_found"), ("c0", "recording_not_found"), ("c3", "recording_not_found")):
+        body = await get(client, spec, f"/v1/admin/calls/{call_id}/recording", route=route, status=404)
+        assert body["error"]["code"] == code
+    assert (await get(client, spec, "/v1/admin/calls/c1", route=ONE))["recording"] == {
+        "path": str(wav),
+        "duration_s": 0.5,
+    }
+
+
 @pytest.mark.parametrize(
     ("query", "param"),
     [

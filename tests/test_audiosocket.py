@@ -258,7 +258,7 @@ async def test_calls_beyond_the_limit_get_an_error_frame(make_server: ServerFact
     try:
         await first.heard(20)  # the first call holds the only place
         await second.connect()
-        await asyncio.wait_for(second.wait_closed(), 10)
+        await asyncio.wait_for(second.wait_closed(), 30)  # after the busy message, when it is ready
         assert second.events("error") == [{"type": "error", "code": ErrorCode.UNAVAILABLE}]
         assert not first.closed.is_set()
     finally:

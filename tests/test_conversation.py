@@ -156,6 +156,34 @@ def test_a_paused_question_is_answered_once_after_its_last_sentence() -> None:
     scripted(body)
 
 
+def test_a_question_mark_ends_the_turn_sooner_and_a_full_stop_does_not() -> None:
+    """The words so far end in "?": the turn ends at 0.5 s of silence, not 0.7 s. A sentence
+    ending in "." followed by a 0.6 s pause is not the end: no reply goes into that pause."""
+
+    async def body(call: Call) -> None:
+        leg = call.leg
+        await call.caller.run(
+            [
+                wait_until(greeted(leg)),
+                speak(800, "hello."),
+                pause(600),
+                speak(900, "where is the clinic?"),
+                pause(5000),
+            ]
+        )
+        last_voiced = call.caller.last_voiced_at
+        assert last_voiced is not None
+        (final,) = leg.events("asr.final")
+        assert final.event["text"] == "hello. where is the clinic?"
+        starts = leg.events("tts.start")
+        assert len(starts) == 2 and starts[1].at > last_voiced  # the greeting, then one answer
+        (metrics,) = leg.events("turn.metrics")
+        latency = metrics.event["latency_ms"]
+        assert isinstance(latency, dict) and 480 <= latency["endpoint"] <= 560
+
+    scripted(body, asr=(Decode(latency_s=0.1), Decode(latency_s=0.1)))
+
+
 def test_each_stretch_of_a_three_sentence_question_is_decoded_once_with_the_earlier_words_as_prompt() -> None:
     async def body(call: Call) -> None:
         leg = call.leg
@@ -349,6 +377,24 @@ def test_a_slow_answer_is_preceded_by_the_hold_prompt_once() -> None:
     scripted(body, llm=FakeLLM(Generate(ANSWER, first_token_s=4.0)))
 
 
+def test_no_hold_prompt_when_the_model_is_already_answering_at_hold_time() -> None:
+    """Tokens are coming when the hold prompt is due: its phrase is near, and the hold prompt
+    would only make it wait behind it; the answer is the first thing the caller hears."""
+
+    async def body(call: Call) -> None:
+        leg = call.leg
+        await call.caller.run([wait_until(greeted(leg)), speak(1000, "where is the clinic"), pause(8000)])
+        last_voiced = call.caller.last_voiced_at
+        assert last_voiced is not None
+        answer_start = leg.events("tts.start")[-1].at
+        assert leg.events("hold") == []
+        assert leg.first_audio_after(last_voiced) == pytest.approx(answer_start, abs=0.05)
+        assert 3.2 <= answer_start - last_voiced <= 4.2  # endpoint 0.7 + first token 2.0 + phrase
+
+    # The first token 2.0 s after the endpoint, the phrase's last word about 1.5 s later.
+    scripted(body, llm=FakeLLM(Generate(ANSWER, first_token_s=2.0, per_token_s=0.15)))
+
+
 def test_silence_brings_the_reprompt_then_the_goodbye_then_the_end() -> None:
     async def body(call: Call) -> None:
         ended = await call.caller.run([wait_until(greeted(call.leg)), pause(30_000)])
@@ -531,6 +577,26 @@ def test_after_hours_asking_for_a_person_says_when_people_are_in() -> None:
         assert not [e for e in call.leg.timeline if isinstance(e, Transferred)]
         spoken = str(call.leg.events("llm.partial")[-1].event["text"])
         assert "Monday to Friday" in spoken and call.session.active
+
+    scripted(body, dialplan=DIALPLAN, profile=closed)
+
+
+def test_after_hours_zero_without_a_knowledge_base_still_says_when_people_are_in() -> None:
+    """The model answers everything on this profile, but the words after ``0`` with nobody in are
+    authored (the packaged intent's, with the dialplan's hours), never silence or improvised."""
+    closed = dataclasses.replace(PROFILE, transfer_target=None, knowledge=None)
+
+    async def body(call: Call) -> None:
+        await call.caller.run([wait_until(greeted(call.leg)), dtmf("0"), pause(9000)])
+        (transfer,) = call.leg.events("transfer")
+        assert transfer.event["target"] is None
+        (start,) = [e for e in call.leg.events("tts.start") if "source" in e.event]
+        assert start.event["source"] == {"kind": "intent", "id": "human"}
+        spoken = str(call.leg.events("llm.partial")[-1].event["text"])
+        assert spoken.startswith("Our staff are not in right now") and "Monday to Friday" in spoken
+        assert not call.engines.llm.calls
+        assert call.record("transfer_result")[-1]["reason"] == "no_target"
+        assert call.session.active
 
     scripted(body, dialplan=DIALPLAN, profile=closed)
 

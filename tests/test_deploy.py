@@ -485,7 +485,7 @@ def test_the_metric_check_can_fail() -> None:
     with pytest.raises(AssertionError, match="exports no"):
         check_queries([("probe", "rate(inzwa_calls_answered_total[5m])", set())])
     with pytest.raises(AssertionError, match="have no label"):
-        check_queries([("probe", "sum by (leg) (rate(inzwa_turn_latency_seconds_bucket[5m]))", set())])
+        check_queries([("probe", "sum by (route) (rate(inzwa_turn_latency_seconds_bucket[5m]))", set())])
 
 
 def test_the_dashboard_reads_only_exported_series() -> None:
@@ -493,7 +493,8 @@ def test_the_dashboard_reads_only_exported_series() -> None:
     wanted = {
         "inzwa_active_calls",  # calls by leg
         "inzwa_calls_total",
-        "inzwa_turn_latency_seconds_bucket",  # turn latency by stage
+        "inzwa_turn_latency_seconds_bucket",  # turn latency by stage and leg
+        "inzwa_build_info",  # the version each gateway runs
         "inzwa_barge_ins_total",
         "inzwa_call_errors_total",
         "inzwa_transfers_total",
@@ -502,6 +503,8 @@ def test_the_dashboard_reads_only_exported_series() -> None:
         "inzwa_inference_queue_seconds_bucket",
     }
     assert wanted <= used, f"the dashboard misses {sorted(wanted - used)}"
+    latency = [expr for _, expr, _ in dashboard_queries() if "inzwa_turn_latency_seconds_bucket" in expr]
+    assert any("leg" in promql_labels(expr) for expr in latency), "the dashboard shows no turn latency by leg"
 
 
 def test_the_dashboard_panels_use_its_data_source_variable() -> None:

@@ -4,6 +4,7 @@ and how settings pick them."""
 from __future__ import annotations
 
 import asyncio
+import re
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -12,8 +13,10 @@ from typing import get_args
 import numpy as np
 import pytest
 
+from inzwa_voice.api.keys import CALLS
 from inzwa_voice.config import Settings
 from inzwa_voice.engines import loading, models
+from inzwa_voice.engines.asr import whisper
 from inzwa_voice.engines.base import ChatMessage, Float32, Inference, ModelInfo, Transcript
 from inzwa_voice.engines.llm import prompt
 from inzwa_voice.engines.llm.remote import OpenAICompatibleLLM, RemoteLLMError
@@ -63,10 +66,50 @@ async def test_asr_serves_shona_and_english(engines: Engines) -> None:
     assert len(shona.text) < 200  # the token cap keeps Shona decoding from looping
 
 
+@pytest.mark.parametrize("sentence", ["Hello.", "Good morning.", "I need some help please."])
+async def test_a_short_stretch_is_heard_once_not_repeated_into_the_silence(engines: Engines, sentence: str) -> None:
+    """A one-sentence stretch is decoded in a window of its own size; Whisper, seeing the window
+    end soon after the words, repeated them ("Hello. Hello. Hello.") until silence was added
+    after the speech and segments placed past the audio's end were dropped."""
+    pcm = await speak(engines, sentence)
+    voiced = np.flatnonzero(np.abs(pcm) > 300)
+    audio = pcm[max(0, voiced[0] - 800) : voiced[-1] + 800].astype(np.float32) / np.float32(32768)
+    heard = await engines.transcribe(audio, language="en")
+    assert re.findall(r"\w+", heard.text.lower()) == re.findall(r"\w+", sentence.lower())
+    assert [s.start_ms for s in heard.segments] == [0]
+    assert heard.segments[0].end_ms <= round(len(audio) / 16)
+
+
+@pytest.mark.parametrize(
+    ("heard", "kept"),
+    [
+        ("Should I tell the police? Should I tell the police? Should", "Should I tell the police?"),
+        ("Where can I get tested? where can I get tested?", "Where can I get tested?"),
+        ("Hello. I need help. Hello.", "Hello. I need help. Hello."),  # said again, but not in a row
+        ("Mhoro, ndinoda rubatsiro nhasi.", "Mhoro, ndinoda rubatsiro nhasi."),
+        ("I need", "I need"),
+    ],
+)
+def test_whispers_loop_is_cut_and_what_was_said_is_kept(heard: str, kept: str) -> None:
+    assert whisper.unrepeated(heard) == kept
+
+
+async def test_long_audio_is_still_decoded_in_thirty_second_windows(engines: Engines) -> None:
+    """REST transcriptions longer than a stretch keep faster-whisper's windows and timestamps."""
+    pcm = await speak(engines, "What time does the clinic open tomorrow?")
+    gap = np.zeros(16000 * 18, np.int16)  # past SHORT_MAX_S
+    audio = np.concatenate([pcm, gap, pcm]).astype(np.float32) / np.float32(32768)
+    heard = await engines.transcribe(audio, language="en")
+    assert heard.text.lower().count("clinic") == 2
+    assert heard.segments[-1].start_ms > 18000
+
+
 async def test_llm_streams_pieces(engines: Engines) -> None:
+    engines.llm.reset_cache()  # type: ignore[attr-defined]  # the whole prompt is read, in steps
     pieces = [p async for p in engines.generate([ChatMessage("user", "Hello, is anyone there?")], max_tokens=24)]
     assert len(pieces) > 1
     assert "".join(pieces).strip()
+    assert all(pieces)  # the prompt's reading steps are not text, and not passed on
 
 
 def test_prompt_is_a_transcript_ending_with_the_helper_label() -> None:
@@ -149,6 +192,7 @@ async def test_the_llm_engine_setting_picks_the_remote_engine(
     def completed() -> float:
         return engines.metrics.registry.get_sample_value("inzwa_llm_generations_total", {"outcome": "completed"}) or 0
 
+    await upstream.app[CALLS].prepared()  # its start-up generation (priming the model) is done
     served = completed()
     loaded = loading.load_engines(remote, Metrics())
     try:

@@ -13,7 +13,7 @@ import pytest
 
 from inzwa_voice.config import Settings, SettingsError, load_settings
 from inzwa_voice.engines import grounding, models
-from inzwa_voice.engines.base import ChatMessage
+from inzwa_voice.engines.base import PROMPT_READ, ChatMessage
 from inzwa_voice.engines.llm import llamacpp
 
 CLINIC = "The Harare Central clinic opens at 7:30 in the morning and closes at 4 in the afternoon, Monday to Saturday."
@@ -54,6 +54,32 @@ async def test_the_instruct_model_answers_from_the_given_facts(instruct: llamacp
         instruct, grounding.grounded_messages("Which day can I collect food?", [FOOD, CLINIC], history, "")
     )
     assert "wednesday" in food.lower()
+
+
+async def test_a_long_prompt_is_read_in_steps_a_dropped_reader_can_leave_between(
+    instruct: llamacpp.LlamaCppLLM,
+) -> None:
+    """The prompt is read a chunk per step the reader asks for (so the scheduler can hand the
+    cores to more urgent work between them); a reader that leaves after the first chunk stops
+    the model there, and what that left in the cache does not change the next answer."""
+    messages = grounding.grounded_messages("When can I collect food?", [FOOD, CLINIC, HIV], [], "")
+    prompt_tokens = len(instruct.prompt_tokens(messages, 16))
+    instruct.reset_cache()
+    fresh = await answer(instruct, messages, max_tokens=16)
+    instruct.reset_cache()
+    steps = instruct._generate(messages, 16, 0.0, [])
+    assert next(steps) == PROMPT_READ
+    steps.close()  # the speculative answer was dropped
+    assert instruct._llm.n_tokens == llamacpp.PREFILL_CHUNK < prompt_tokens
+    assert await answer(instruct, messages, max_tokens=16) == fresh
+
+
+async def test_a_question_asked_again_is_answered_again_not_continued(instruct: llamacpp.LlamaCppLLM) -> None:
+    """The whole prompt is in the cache, followed by its earlier answer: the answer is sampled
+    after the prompt's own last token again, so it comes out the same, not as a continuation."""
+    messages = grounding.grounded_messages("What time does the clinic open?", [CLINIC], [], "")
+    first = await answer(instruct, messages, max_tokens=16)
+    assert await answer(instruct, messages, max_tokens=16) == first
 
 
 def test_grounded_messages_put_the_facts_in_and_keep_the_system_part_first() -> None:

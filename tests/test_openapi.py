@@ -7,22 +7,28 @@ responses are checked against its schemas with a small JSON Schema subset valida
 
 from __future__ import annotations
 
+import base64
+import dataclasses
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import AsyncGenerator, Iterator
 from pathlib import Path
 from typing import Any, get_args
 
 import aiohttp
 import pytest
 import yaml
+from hypothesis import given
+from hypothesis import strategies as st
 from pydantic import BaseModel
 
 from inzwa_voice.api import openai_routes, schemas
 from inzwa_voice.api.middleware import PUBLIC_PATHS, PUBLIC_PREFIXES, SELF_AUTHENTICATED_PREFIXES
+from inzwa_voice.engines.base import ChatMessage
+from inzwa_voice.engines.runtime import Engines
 from inzwa_voice.errors import ErrorType
 from inzwa_voice.media.audiofile import RESPONSE_FORMATS, content_type
-from tests.conftest import Server
+from tests.conftest import Server, ServerFactory, english_server
 
 SPEC_PATH = Path(__file__).resolve().parents[1] / "api" / "openapi.yaml"
 METHODS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
@@ -108,6 +114,12 @@ def _is_type(value: Json, name: str) -> bool:
     return isinstance(value, _TYPES[name])
 
 
+def _ecma(pattern: str) -> str:
+    """A JSON Schema pattern (ECMA-262) as a Python one: there ``$`` ends the input, while
+    Python's also matches before a final newline."""
+    return re.sub(r"(?<!\\)\$", r"\\Z", pattern)
+
+
 def schema_errors(spec: Json, schema: Json, value: Json, at: str = "$") -> list[str]:
     """What in ``value`` breaks ``schema``; objects may hold no property the schema leaves out."""
     if "$ref" in schema:
@@ -136,7 +148,7 @@ def schema_errors(spec: Json, schema: Json, value: Json, at: str = "$") -> list[
     if isinstance(value, str):
         if len(value) < schema.get("minLength", 0) or len(value) > schema.get("maxLength", len(value)):
             errors.append(f"{at}: length {len(value)} is out of bounds")
-        if "pattern" in schema and not re.search(schema["pattern"], value):
+        if "pattern" in schema and not re.search(_ecma(schema["pattern"]), value):
             errors.append(f"{at}: {value!r} does not match {schema['pattern']}")
     if isinstance(value, list):
         if len(value) < schema.get("minItems", 0) or len(value) > schema.get("maxItems", len(value)):
@@ -435,3 +447,71 @@ async def test_limit_and_auth_errors_match_the_document(make_server: Any, spec: 
         assert int(resp.headers["Retry-After"]) >= 1
     async with server.http.get(server.url + "/openapi.json") as resp:
         assert resp.status == 200, "the document is public even with keys and limits on"
+
+
+# --- the document refuses what the server refuses ---------------------------------------------
+
+REFUSED = [
+    ("/v1/audio/speech", "SpeechRequest", {"input": "Hello.", "voice": ""}),
+    ("/v1/asr", "AsrRequest", {"audio_base64": "0"}),
+    ("/v1/asr", "AsrRequest", {"audio_base64": "AAA"}),
+    ("/v1/asr", "AsrRequest", {"audio_base64": "AA==AA=="}),
+    ("/v1/asr", "AsrRequest", {"audio_base64": "%%%%"}),
+]
+
+
+@pytest.mark.parametrize(("path", "schema", "body"), REFUSED, ids=[f"{p} {b}" for p, _, b in REFUSED])
+async def test_the_document_refuses_what_the_server_refuses(
+    server: Server, spec: Json, path: str, schema: str, body: Json
+) -> None:
+    async with server.http.post(server.url + path, json=body) as resp:
+        assert resp.status == 400, await resp.text()
+    assert schema_errors(spec, spec["components"]["schemas"][schema], body), f"the document accepts {body}"
+
+
+@given(value=st.text(alphabet="AB+/=0 \n%", max_size=12))
+def test_audio_base64_that_the_document_admits_the_server_decodes(spec: Json, value: str) -> None:
+    audio_base64 = spec["components"]["schemas"]["AsrRequest"]["properties"]["audio_base64"]
+    if not schema_errors(spec, audio_base64, value):
+        base64.b64decode(value, validate=True)
+
+
+class BreaksOff:
+    """An LLM that says a few words, then fails: the stream has begun, its status is sent."""
+
+    name = "breaks-off"
+
+    async def stream(
+        self,
+        messages: list[ChatMessage],
+        *,
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+        stop: list[str] | None = None,
+    ) -> AsyncGenerator[str, None]:
+        yield "The sea is wide. "
+        raise RuntimeError("the model broke off")
+
+    def warm(self) -> None:
+        pass
+
+    async def close(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("path", ["/v1/chat", "/v1/chat/completions"])
+async def test_a_stream_that_breaks_off_ends_as_documented(
+    make_server: ServerFactory, engines: Engines, spec: Json, path: str
+) -> None:
+    """The error event takes the done event's (or final chunk's) place, before ``[DONE]``."""
+    broken = dataclasses.replace(engines, llm=BreaksOff(), local_llm=False)
+    server = await english_server(make_server, with_engines=broken)
+    body = {"messages": [{"role": "user", "content": "Write me a poem about the sea."}], "stream": True}
+    if path == "/v1/chat":
+        body["profile"] = "model_only"  # no knowledge base: the question goes to the LLM
+    async with server.http.post(server.url + path, json=body) as resp:
+        assert resp.status == 200
+        events = await check(spec, "POST", path, resp)
+    assert events[-1]["error"]["code"] == "generation_failed"
+    assert not any(e.get("done") for e in events)
+    assert not any(choice.get("finish_reason") for e in events for choice in e.get("choices", []))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import signal
+import socket
 import sqlite3
 import sys
 import textwrap
@@ -24,6 +25,7 @@ from inzwa_voice.store import (
     TurnRecord,
     call_store,
     purge_periodically,
+    recording_name,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -86,11 +88,13 @@ async def test_a_call_round_trips_with_turns_and_events_in_order(store: CallStor
         "external_id": "abc@pbx",
         "params": {"k": "v"},
         "profile": "shona_helpline",
+        "instance": store.instance,
         "started_at": 1000.0,
         "ended_at": 1021.5,
         "disposition": "transferred",
         "active": False,
         "turn_count": 2,
+        "recording": None,
         "turns": [
             {
                 "index": 0,
@@ -128,6 +132,20 @@ async def test_a_call_round_trips_with_turns_and_events_in_order(store: CallStor
         ],
     }
     assert await store.get_call("nobody") is None
+
+
+async def test_each_call_names_the_gateway_instance_that_took_it(tmp_path: Path) -> None:
+    named = await CallStore.open(tmp_path / "named.db", instance="gw-7")
+    first, second = await CallStore.open(tmp_path / "a.db"), await CallStore.open(tmp_path / "b.db")
+    try:
+        await named.start_call("c", INFO, "p", 1.0)
+        assert [c["instance"] for c in await named.list_calls()] == ["gw-7"]
+        host = socket.gethostname()
+        assert first.instance.startswith(host + "-") and second.instance.startswith(host + "-")
+        assert first.instance != second.instance, "a new suffix at each start"
+    finally:
+        for store in (named, first, second):
+            await store.close()
 
 
 async def test_a_turn_written_at_its_endpoint_is_rewritten_when_its_reply_ends(store: CallStore) -> None:
@@ -403,6 +421,31 @@ async def test_retention_purges_old_calls_with_their_turns_and_keeps_new_ones(
     kept: Any = await store.get_call("new")
     assert kept["turn_count"] == 1
     assert await store.purge_before(NOW - 30 * DAY) == 0
+
+
+async def test_a_recording_is_named_in_its_record_and_deleted_with_it(store: CallStore, tmp_path: Path) -> None:
+    old, new, kept = "a" * 32, "b" * 32, "c" * 32
+    files = {call_id: tmp_path / recording_name(call_id) for call_id in (old, new)}
+    for call_id, started in ((old, NOW - 40 * DAY), (new, NOW - DAY), (kept, NOW - 40 * DAY)):
+        await store.start_call(call_id, INFO, "p", started)
+    for call_id, path in files.items():
+        path.write_bytes(b"RIFF")
+        await store.set_recording(call_id, path, None)  # at the start: no length yet
+    await store.set_recording(old, files[old], 12.5)  # at the end
+    precious = tmp_path / "precious.wav"  # a record naming a file that is not its recording
+    precious.write_bytes(b"RIFF")
+    await store.set_recording(kept, precious, 1.0)
+
+    call: Any = await store.get_call(old)
+    assert call["recording"] == {"path": str(files[old]), "duration_s": 12.5}
+    assert (await store.list_calls())[0]["recording"] == {"path": str(files[new]), "duration_s": None}
+    assert await store.recording(old) == (str(files[old]), 12.5)
+    assert await store.recording("unknown") is None
+    with pytest.raises(StoreError, match="no call"):
+        await store.set_recording("unknown", files[old], 1.0)
+
+    assert await store.purge_before(NOW - 30 * DAY) == 2
+    assert not files[old].exists() and files[new].exists() and precious.exists()
 
 
 async def test_retention_purges_at_start_and_then_every_hour(store: CallStore) -> None:

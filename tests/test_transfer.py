@@ -106,7 +106,20 @@ async def test_a_twilio_call_transferred_by_dtmf_zero_is_dialled_by_the_connect_
             assert (await refused.json())["error"]["code"] == "invalid_signature"
     async with server.http.post(action_url, data=form, headers=signed(action_url, form)) as resp:
         assert (resp.status, resp.content_type) == (200, "text/xml")
-        assert f"<Dial><Sip>{TARGET}</Sip></Dial>" in await resp.text()
+        assert f'<Dial action="{action_url}"><Sip>{TARGET}</Sip></Dial>' in await resp.text()
+    # The <Dial> is over: Twilio posts its outcome to the Dial's action, and the call record keeps it.
+    dialled = {**form, "CallStatus": "completed", "DialCallStatus": "busy", "DialCallSid": "CA" + "9" * 32}
+    async with server.http.post(action_url, data=dialled, headers=signed(action_url, dialled)) as resp:
+        assert await resp.text() == '<?xml version="1.0" encoding="UTF-8"?><Response><Hangup /></Response>'
+    store = server.app[CALLS].store
+    assert store is not None
+    record = await store.get_call(events[0].call_id)
+    assert record is not None
+    outcomes = [e["data"] for e in record["events"] if e["kind"] == "transfer_result"]  # type: ignore[attr-defined]
+    assert [(o["ok"], o["reason"]) for o in outcomes] == [
+        (True, "the stream ends and Twilio dials the target"),
+        (False, "dial busy"),
+    ]
     # A stream that ended without a transfer: Twilio is told to hang up.
     other = {**form, "CallSid": "CA00000000000000000000000000000002"}
     async with server.http.post(action_url, data=other, headers=signed(action_url, other)) as resp:

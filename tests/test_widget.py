@@ -40,6 +40,8 @@ TRAILING_SILENCE_S = 2.0
 BROWSER_TIMEOUT_S = 180.0
 SITE_KEY = "sk-helpline-site"
 SITE_AUTH = {"Authorization": f"Bearer {SITE_KEY}"}
+ADMIN_KEY = "sk-helpline-admin"
+ADMIN_AUTH = {"Authorization": f"Bearer {ADMIN_KEY}"}
 # The README's embedding snippet, as a helpline's page carries it (another origin than the gateway's).
 EMBED_PAGE = """<!doctype html>
 <html lang="sn"><meta charset="utf-8"><title>Helpline</title>
@@ -79,22 +81,23 @@ def browser() -> None:
 
 @pytest.mark.usefixtures("browser")
 async def test_a_browser_calls_the_helpline_through_the_widget(make_server: ServerFactory, tmp_path: Path) -> None:
-    server = await english_server(make_server)
+    """With keys on: the built-in page holds no key and gets its call token from /widget/token."""
+    server = await english_server(make_server, api_keys=[SITE_KEY], admin_keys=[ADMIN_KEY])
     with server.app[CALLS].watch() as recorded:
-        result = await browser_call(server, server.url + "/widget/", tmp_path, {})
+        result = await browser_call(server, server.url + "/widget/", tmp_path, SITE_AUTH)
         await call_ended(recorded, result)
-    await check_call(server, result, tmp_path, {})
+    await check_call(server, result, tmp_path, ADMIN_AUTH)
 
 
 @pytest.mark.usefixtures("browser")
 async def test_a_helpline_page_embeds_the_widget(make_server: ServerFactory, tmp_path: Path) -> None:
     """The README's snippet on another origin, with a token its server got with an API key."""
-    server = await english_server(make_server, api_keys=[SITE_KEY])
+    server = await english_server(make_server, api_keys=[SITE_KEY], admin_keys=[ADMIN_KEY])
     with server.app[CALLS].watch() as recorded:
         async with helpline_site(server) as page_url:
             result = await browser_call(server, page_url, tmp_path, SITE_AUTH)
         await call_ended(recorded, result)
-    await check_call(server, result, tmp_path, SITE_AUTH)
+    await check_call(server, result, tmp_path, ADMIN_AUTH)
 
 
 async def browser_call(server: Server, page_url: str, tmp_path: Path, auth: dict[str, str]) -> dict[str, Any]:

@@ -13,6 +13,7 @@ import pytest
 
 from inzwa_voice.api.keys import CALLS
 from inzwa_voice.engines.runtime import Engines
+from inzwa_voice.simulator.caller import Refused
 from inzwa_voice.simulator.ws import WsCaller
 from tests.conftest import Server, ServerFactory, english_server, speak, transcript
 
@@ -240,10 +241,11 @@ async def test_calls_beyond_the_limit_are_refused(make_server: ServerFactory) ->
     first, second = await call(server), await call(server)
     try:
         third = WsCaller(server.http, server.url.replace("http", "ws") + "/v1/ws")
-        with pytest.raises(TimeoutError):
-            await asyncio.wait_for(third.connect(), 5)
+        with pytest.raises(Refused) as refused:
+            await third.connect()
+        assert refused.value.close_code == 1013
+        assert refused.value.busy_text == server.app[CALLS].default_profile().busy_message
         assert third.events("error")[0]["code"] == "overloaded"
-        assert await third.wait_closed() == 1013
     finally:
         await first.hang_up()
         await second.hang_up()

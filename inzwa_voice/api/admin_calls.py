@@ -1,4 +1,5 @@
-"""Admin routes over the call records: list calls, read one call with its turns and events.
+"""Admin routes over the call records: list calls, read one call with its turns and events,
+download its recording.
 
 Query values are checked strictly (``active=yes`` is a 400, not silently "no filter"): an
 operator reading records during an incident must get exactly what they asked for.
@@ -6,7 +7,9 @@ operator reading records during an incident must get exactly what they asked for
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
+from pathlib import Path
 
 from aiohttp import web
 
@@ -57,9 +60,33 @@ async def get_call(request: web.Request) -> web.Response:
     call_id = request.match_info["id"]
     call = await request.app[STORE].get_call(call_id)
     if call is None:
-        shown = call_id if len(call_id) <= 64 else call_id[:64] + "…"
-        raise ApiError(f"no call {shown!r} is recorded", status=404, type="not_found_error", code="call_not_found")
+        raise _no_call(call_id)
     return web.json_response(call)
+
+
+def _no_call(call_id: str) -> ApiError:
+    shown = call_id if len(call_id) <= 64 else call_id[:64] + "…"
+    return ApiError(f"no call {shown!r} is recorded", status=404, type="not_found_error", code="call_not_found")
+
+
+async def get_recording(request: web.Request) -> web.StreamResponse:
+    """The call's two-channel WAV (left: the caller, right: the bot), also while the call goes on."""
+    call_id = request.match_info["id"]
+    found = await request.app[STORE].recording(call_id)
+    if found is None:
+        raise _no_call(call_id)
+    path = found[0]
+    if path is None:
+        raise ApiError("this call was not recorded", status=404, type="not_found_error", code="recording_not_found")
+    if not await asyncio.to_thread(Path(path).is_file):
+        # Another gateway's disk (a shared database), or deleted by retention meanwhile.
+        raise ApiError(
+            "the recording is not on this gateway", status=404, type="not_found_error", code="recording_not_found"
+        )
+    return web.FileResponse(
+        path,
+        headers={"Content-Type": "audio/wav", "Content-Disposition": f'attachment; filename="{Path(path).name}"'},
+    )
 
 
 async def hangup_call(request: web.Request) -> web.Response:
@@ -76,4 +103,5 @@ def add_routes(app: web.Application) -> None:
     """The routes read ``app[STORE]``, which the app opens at start-up and closes at cleanup."""
     app.router.add_get("/v1/admin/calls", list_calls)
     app.router.add_get("/v1/admin/calls/{id}", get_call)
+    app.router.add_get("/v1/admin/calls/{id}/recording", get_recording)
     app.router.add_post("/v1/admin/calls/{id}/hangup", hangup_call)

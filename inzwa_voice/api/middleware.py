@@ -8,6 +8,7 @@ below it can leak an HTML error page or a stack trace.
 from __future__ import annotations
 
 import hmac
+import ipaddress
 import logging
 import math
 import time
@@ -36,6 +37,12 @@ PUBLIC_PREFIXES = ("/widget",)
 # ``auth`` (browsers cannot set headers on a WebSocket), Twilio's routes check its signature, and
 # a WebRTC offer carries a short-lived call token that the helpline's web server obtained.
 SELF_AUTHENTICATED_PREFIXES = ("/v1/ws", "/v1/twilio/", "/v1/webrtc/offer")
+# Routes that start a call (or mint the widget's token for one): rate-limited per client address.
+CALL_PATHS = frozenset({"/v1/ws", "/v1/twilio/voice", "/v1/twilio/media", "/v1/webrtc/offer"})
+WIDGET_TOKEN_PATH = "/widget/token"
+METRICS_PATH = "/metrics"
+# Routes only an admin key opens once keys are on.
+ADMIN_PREFIX = "/v1/admin/"
 
 _HTTP_ERRORS: dict[int, tuple[str, str]] = {
     404: ("not_found_error", "no route matches this path"),
@@ -137,22 +144,46 @@ def _is_public(path: str) -> bool:
     return path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES + SELF_AUTHENTICATED_PREFIXES)
 
 
-def client_identity(request: web.Request, keys: list[str]) -> str:
-    """The caller's identity: which API key it presented, or its address when keys are off."""
+def _presented_key(request: web.Request) -> str:
     header = request.headers.get("Authorization", "")
-    presented = header[7:].strip() if header.lower().startswith("bearer ") else ""
-    if not keys:
-        return "ip:" + (request.remote or "unknown")
+    return header[7:].strip() if header.lower().startswith("bearer ") else ""
+
+
+def _matching_key(presented: str, keys: list[str]) -> str | None:
+    """The configured key ``presented`` is, compared in constant time; None if none."""
     for key in keys:
         if presented and hmac.compare_digest(presented.encode(), key.encode()):
-            return key_fingerprint(key)
-    raise ApiError(
-        "missing or invalid API key: send 'Authorization: Bearer <key>'",
-        status=401,
-        type="authentication_error",
-        code="invalid_api_key",
-        headers={"WWW-Authenticate": "Bearer"},
-    )
+            return key
+    return None
+
+
+def _unauthorized(message: str, code: str = "invalid_api_key") -> ApiError:
+    return ApiError(message, status=401, type="authentication_error", code=code, headers={"WWW-Authenticate": "Bearer"})
+
+
+def client_identity(request: web.Request, settings: Settings) -> str:
+    """The caller's identity for rate limits: which key it presented, or its address when keys are off.
+
+    Scopes: an admin key (``admin_keys``) opens every route; an API key (``api_keys``) opens the
+    engine APIs and call-token minting, never ``/v1/admin/*`` (transcripts, recordings, hang-up,
+    reload), which with keys on needs an admin key even when no admin key is configured.
+    """
+    if not (settings.api_keys or settings.admin_keys):
+        return "ip:" + (request.remote or "unknown")
+    presented = _presented_key(request)
+    key = _matching_key(presented, settings.admin_keys)
+    if key is None and not request.path.startswith(ADMIN_PREFIX):
+        key = _matching_key(presented, settings.api_keys)
+    if key is not None:
+        return key_fingerprint(key)
+    if request.path.startswith(ADMIN_PREFIX) and _matching_key(presented, settings.api_keys):
+        raise ApiError(
+            "this route needs an admin key (INZWA_ADMIN_KEYS); an API key does not open /v1/admin",
+            status=403,
+            type="authentication_error",
+            code="admin_key_required",
+        )
+    raise _unauthorized("missing or invalid API key: send 'Authorization: Bearer <key>'")
 
 
 @dataclass
@@ -190,32 +221,120 @@ class RateLimiter:
         allowed = bucket.take(now)
         return allowed, int(bucket.tokens)
 
-
-def auth_middleware(settings: Settings, metrics: Metrics) -> web.middleware:  # type: ignore[valid-type]
-    limiter = RateLimiter(settings.rate_limit_per_minute) if settings.rate_limit_per_minute else None
-
-    @web.middleware
-    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if _is_public(request.path) or request.method == "OPTIONS":
-            return await handler(request)
-        identity = client_identity(request, settings.api_keys)
-        if limiter is None:
-            return await handler(request)
-        allowed, remaining = limiter.check(identity)
-        headers = {"X-RateLimit-Limit": str(limiter.per_minute), "X-RateLimit-Remaining": str(remaining)}
+    def enforce(self, identity: str, metrics: Metrics, what: str) -> dict[str, str]:
+        """The rate headers for this request, or the 429 once ``identity`` used its minute."""
+        allowed, remaining = self.check(identity)
+        headers = {"X-RateLimit-Limit": str(self.per_minute), "X-RateLimit-Remaining": str(remaining)}
         if not allowed:
             metrics.rate_limited.inc()
             raise ApiError(
-                f"rate limit of {limiter.per_minute} requests per minute exceeded",
+                f"rate limit of {self.per_minute} {what} per minute exceeded",
                 status=429,
                 type="overloaded_error",
                 code="rate_limit_exceeded",
-                headers={**headers, "Retry-After": str(math.ceil(60 / limiter.per_minute))},
+                headers={**headers, "Retry-After": str(math.ceil(60 / self.per_minute))},
             )
-        request[EXTRA_HEADERS].update(headers)
+        return headers
+
+
+def _limiter(per_minute: int) -> RateLimiter | None:
+    return RateLimiter(per_minute) if per_minute else None
+
+
+def _check_metrics_key(request: web.Request, settings: Settings) -> None:
+    """``/metrics`` behind ``metrics_key`` when one is set (an admin key opens it too)."""
+    if settings.metrics_key is None:
+        return
+    presented = _presented_key(request)
+    if _matching_key(presented, [settings.metrics_key, *settings.admin_keys]) is None:
+        raise _unauthorized("/metrics needs the metrics key: send 'Authorization: Bearer <key>'", "invalid_metrics_key")
+
+
+def auth_middleware(settings: Settings, metrics: Metrics) -> web.middleware:  # type: ignore[valid-type]
+    """Keys by scope, then the rate limits: per key (or address) on the APIs, per address on
+    every route that starts a call, and on the widget's open token route. All of it is decided
+    from the request line and headers, before any body is read."""
+    limiter = _limiter(settings.rate_limit_per_minute)
+    calls = _limiter(settings.call_rate_limit_per_minute)
+    widget_tokens = _limiter(settings.widget_tokens_per_minute)
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        path = request.path
+        if request.method == "OPTIONS":
+            return await handler(request)
+        address = "ip:" + (request.remote or "unknown")
+        if path == METRICS_PATH:
+            _check_metrics_key(request, settings)
+        elif path == WIDGET_TOKEN_PATH:
+            if widget_tokens is None:
+                raise ApiError("the widget's token route is off", status=404, type="not_found_error", code="not_found")
+            request[EXTRA_HEADERS].update(widget_tokens.enforce(address, metrics, "widget call tokens"))
+        elif path in CALL_PATHS:
+            if calls is not None:
+                request[EXTRA_HEADERS].update(calls.enforce(address, metrics, "calls"))
+        elif not _is_public(path):
+            identity = client_identity(request, settings)
+            if limiter is not None:
+                request[EXTRA_HEADERS].update(limiter.enforce(identity, metrics, "requests"))
         return await handler(request)
 
     return middleware
+
+
+def connection_cap_middleware(settings: Settings, metrics: Metrics) -> web.middleware:  # type: ignore[valid-type]
+    """At most ``max_connections_per_address`` requests in flight from one address (a call is
+    one request for as long as it lasts); beyond it a 429.
+
+    Together with the header timeout (``http_header_timeout_s``: a connection that has not
+    finished a request's headers by then is closed), one address cannot hold the gateway's
+    connections: idle and half-open ones time out, busy ones are counted here.
+    """
+    limit = settings.max_connections_per_address
+    in_flight: dict[str, int] = {}
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if not limit:
+            return await handler(request)
+        address = request.remote or "unknown"
+        if in_flight.get(address, 0) >= limit:
+            metrics.rate_limited.inc()
+            log.warning("connection cap", extra={"remote": address, "limit": limit})
+            raise ApiError(
+                f"too many requests in flight from this address (limit {limit})",
+                status=429,
+                type="overloaded_error",
+                code="too_many_connections",
+                headers={"Retry-After": "1"},
+            )
+        in_flight[address] = in_flight.get(address, 0) + 1
+        try:
+            return await handler(request)
+        finally:
+            in_flight[address] -= 1
+            if not in_flight[address]:
+                del in_flight[address]
+
+    return middleware
+
+
+def warn_if_admin_open(settings: Settings) -> None:
+    """A loud WARNING when the admin API (transcripts, hang-up) answers anyone who can reach a
+    non-loopback address: no admin key and no API key is configured."""
+    if settings.api_keys or settings.admin_keys:
+        return
+    try:
+        loopback = ipaddress.ip_address(settings.host).is_loopback
+    except ValueError:
+        loopback = settings.host == "localhost"
+    if not loopback:
+        log.warning(
+            "ADMIN API OPEN: no INZWA_ADMIN_KEYS or INZWA_API_KEYS, and the gateway listens on %s: anyone who "
+            "reaches it can read every transcript and hang up calls. Set INZWA_ADMIN_KEYS (and INZWA_API_KEYS).",
+            settings.host,
+            extra={"host": settings.host},
+        )
 
 
 async def add_extra_headers(request: web.Request, response: web.StreamResponse) -> None:

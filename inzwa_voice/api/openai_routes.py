@@ -12,12 +12,13 @@ import uuid
 from aiohttp import BodyPartReader, web
 from aiohttp.http_exceptions import HttpProcessingError
 
+from inzwa_voice.api.fallback import llm_unavailable
 from inzwa_voice.api.keys import ENGINES, GATE, SAFETY, SETTINGS
 from inzwa_voice.api.rest import check_context, check_language, decode_upload, to_chat_messages, transcribe
 from inzwa_voice.api.schemas import ChatCompletionRequest, SpeechRequest, parse_json
 from inzwa_voice.api.streaming import check_text, collect, resolve_voice, stream_speech, stream_sse
 from inzwa_voice.conversation.reply import ReplyInfo, safe_reply
-from inzwa_voice.engines.base import Segment, Transcript
+from inzwa_voice.engines.base import LLMUnavailableError, Segment, Transcript
 from inzwa_voice.errors import ApiError, invalid
 
 OPENAI_SPEECH_RATE = 24000
@@ -169,7 +170,10 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
             stop=stop,
         )
         if not body.stream:
-            text = await collect(pieces)
+            try:
+                text = await collect(pieces)
+            except LLMUnavailableError as exc:  # a remote LLM that is down: 503, not a 500
+                raise llm_unavailable(exc) from None
             return web.json_response(
                 {
                     "id": cid,

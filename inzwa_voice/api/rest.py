@@ -10,6 +10,7 @@ from typing import Protocol, runtime_checkable
 
 from aiohttp import web
 
+from inzwa_voice.api.fallback import or_apology
 from inzwa_voice.api.keys import CALLS, ENGINES, GATE, SETTINGS
 from inzwa_voice.api.schemas import AsrRequest, ChatRequest, Message, TtsRequest, parse_json
 from inzwa_voice.api.streaming import check_text, collect, resolve_voice, stream_speech, stream_sse
@@ -157,7 +158,9 @@ async def chat(request: web.Request) -> web.StreamResponse:
             max_tokens=body.max_tokens,
             temperature=body.temperature,
         )
-        pieces = answer.phrases if answer.phrases is not None else _one(answer.text or "")
+        # A remote LLM that is down gets the profile's apology, as a call would speak it.
+        phrases = answer.phrases
+        pieces = _one(answer.text or "") if phrases is None else or_apology(answer, phrases, profile.apology)
         if not body.stream:
             text = await collect(pieces)
             return web.json_response(

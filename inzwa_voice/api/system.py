@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from pathlib import Path
 
@@ -13,11 +14,14 @@ from aiohttp import web
 from inzwa_voice import __version__
 from inzwa_voice.api.keys import CALLS, ENGINES, GATE, METRICS, SETTINGS
 from inzwa_voice.conversation.prompts import Preparation
+from inzwa_voice.engines.base import Probed
+from inzwa_voice.engines.runtime import Engines
 from inzwa_voice.legs.audiosocket import AUDIOSOCKET
 from inzwa_voice.legs.sip import SIP
 from inzwa_voice.legs.webrtc import WEBRTC
 
-OPENAPI_PATH = Path(__file__).resolve().parents[2] / "api" / "openapi.yaml"
+# The contract lives in api/openapi.yaml; the package's link to it becomes a copy in a wheel.
+OPENAPI_PATH = Path(__file__).resolve().parent / "openapi.yaml"
 # Where the legs take calls over HTTP, as the legs register them (api/openapi.yaml names them too).
 WS_PATH = "/v1/ws"
 TWILIO_WEBHOOK_PATH = "/v1/twilio/voice"
@@ -25,11 +29,16 @@ TWILIO_MEDIA_PATH = "/v1/twilio/media"
 WEBRTC_OFFER_PATH = "/v1/webrtc/offer"
 
 
+log = logging.getLogger(__name__)
+
+
 async def health(request: web.Request) -> web.Response:
     engines = request.app[ENGINES]
+    reasons = await degraded(engines)
     return web.json_response(
         {
-            "status": "ok",
+            "status": "degraded" if reasons else "ok",
+            "reasons": reasons,
             "version": __version__,
             "engines": {
                 "vad": type(engines.vad).__name__,
@@ -43,6 +52,20 @@ async def health(request: web.Request) -> web.Response:
             "requests_in_flight": request.app[GATE].in_flight,
         }
     )
+
+
+async def degraded(engines: Engines) -> list[str]:
+    """Why the gateway answers worse than it should (a remote LLM it cannot reach: calls then
+    speak their authored apology instead of an answer), or nothing."""
+    llm = engines.llm
+    problem = await llm.problem() if isinstance(llm, Probed) else None
+    return [f"llm: {problem}"] if problem else []
+
+
+async def warn_if_degraded(app: web.Application) -> None:
+    """At start-up: "gateway ready" must not hide a remote LLM that does not answer."""
+    for reason in await degraded(app[ENGINES]):
+        log.warning("gateway degraded", extra={"reason": reason})
 
 
 def prompts(preparation: Preparation) -> dict[str, object]:
@@ -125,3 +148,4 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/openapi.json", openapi)
     app.router.add_get("/v1/voices", voices)
     app.router.add_post("/v1/admin/warmup", warmup)
+    app.on_startup.append(warn_if_degraded)

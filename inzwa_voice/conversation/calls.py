@@ -1,8 +1,9 @@
 """The calls of one process: admission, routing to a profile, prompt audio, call records.
 
 Every leg starts a call through ``CallManager.start`` (the ``CallStarter`` ``app.py`` hands the
-legs); the manager refuses calls beyond ``max_sessions`` with a clear reason, picks the profile
-from the dialplan, and gives each call a recorder that writes its record as the call goes.
+legs); the manager refuses calls beyond what the cores can answer (:mod:`.capacity`, never more
+than ``max_sessions``) with the profile's authored busy message, picks the profile from the
+dialplan, and gives each call a recorder that writes its record as the call goes.
 Fixed prompts are synthesized once per voice and text and shared by every call
 (:class:`~inzwa_voice.conversation.prompts.PromptAudio`).
 """
@@ -15,20 +16,23 @@ import functools
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Iterator, Mapping
+from collections.abc import Awaitable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from inzwa_voice.config import Settings
 from inzwa_voice.conversation.brain import Brain, Knowledge
+from inzwa_voice.conversation.capacity import Capacity, CapacityLimits
 from inzwa_voice.conversation.ports import CallRejected, Leg
 from inzwa_voice.conversation.prompts import Preparation, PromptAudio
+from inzwa_voice.conversation.recording import Recordings
 from inzwa_voice.conversation.session import CallSession
 from inzwa_voice.conversation.turns import TurnSettings
 from inzwa_voice.core import CallInfo, Profile
 from inzwa_voice.dialplan import Dialplan
 from inzwa_voice.engines.base import Inference
-from inzwa_voice.knowledge.base import Entry
+from inzwa_voice.engines.grounding import grounded_messages
+from inzwa_voice.knowledge.base import Entry, KnowledgeBase
 from inzwa_voice.knowledge.loader import DEFAULT_KNOWLEDGE, load_intents, load_knowledge
 from inzwa_voice.safety import Safety
 from inzwa_voice.store import DISPOSITIONS, CallStore, TurnRecord
@@ -105,6 +109,11 @@ class CallRecords:
             # The leg is not known here; the store's failures are rare enough to count unlabelled.
             await self._write(call_id, "unknown", kind, self.store.add_event(call_id, kind, data, time.time()))
 
+    async def recording(self, call_id: str, info: CallInfo, path: Path, duration_s: float | None) -> None:
+        self._notify(call_id, "recording", {"path": str(path), "duration_s": duration_s})
+        if self.store is not None:
+            await self._write(call_id, info.leg, "recording", self.store.set_recording(call_id, path, duration_s))
+
     async def end(self, call_id: str, info: CallInfo, disposition: str) -> None:
         if disposition not in DISPOSITIONS:
             log.warning("unknown disposition recorded as error", extra={"disposition": disposition})
@@ -147,16 +156,28 @@ class CallManager:
         self.brain = Brain(inference, safety, _intents())
         self.dialplan = dialplan
         self.knowledge = self.load_knowledge(dialplan)
+        self.intent_words = self._intent_words(dialplan)
         self.sessions: dict[str, CallSession] = {}
         self._preparing: set[asyncio.Task[None]] = set()
         self.preparation = Preparation()
         self.draining = False
+        self.recordings = Recordings(settings.recordings_dir)
+        self.capacity = Capacity(
+            CapacityLimits(
+                slots=settings.slots,
+                max_sessions=settings.max_sessions,
+                turn_interval_s=settings.capacity_turn_interval_s,
+                answer_within_s=settings.capacity_answer_within_s,
+                turn_cost_s=settings.capacity_turn_cost_s,
+            )
+        )
         self._turns = TurnSettings(
             threshold=settings.vad_threshold,
             off_threshold=max(0.05, settings.vad_threshold - 0.15),
             start_ms=settings.turn_start_ms,
             prefetch_ms=settings.turn_prefetch_ms,
             endpoint_ms=settings.turn_endpoint_ms,
+            question_endpoint_ms=min(settings.turn_question_endpoint_ms, settings.turn_endpoint_ms),
             max_utterance_ms=int(settings.turn_max_utterance_s * 1000),
         )
 
@@ -180,22 +201,36 @@ class CallManager:
         loaded: dict[str, Knowledge] = {}
         if dialplan is None:
             return loaded
-        hours = dialplan.default.hours
         for profile in dialplan.profiles.values():
             name = profile.knowledge
             if name is None or name in loaded:
                 continue
             path = DEFAULT_KNOWLEDGE if name == "helpline" else dialplan.path.parent / Path(name)
             base = load_knowledge(path, intents=self.brain.intents)
-            placeholders = {
-                language: {
-                    "office_hours": hours.describe(language) if hours is not None else _ALWAYS.get(language, ""),
-                    "helpline_number": self.settings.helpline_number,
-                }
-                for language in base.languages
-            }
+            placeholders = self._placeholders(dialplan, base.languages)
             loaded[name] = Knowledge(base, self.brain.matcher(base.entries), placeholders)
         return loaded
+
+    def _placeholders(self, dialplan: Dialplan, languages: Iterable[str]) -> dict[str, dict[str, str]]:
+        """What fills ``{office_hours}`` and ``{helpline_number}`` in authored words, by language."""
+        hours = dialplan.default.hours
+        return {
+            language: {
+                "office_hours": hours.describe(language) if hours is not None else _ALWAYS.get(language, ""),
+                "helpline_number": self.settings.helpline_number,
+            }
+            for language in languages
+        }
+
+    def _intent_words(self, dialplan: Dialplan | None) -> Knowledge | None:
+        """The packaged intents' words with the dialplan's placeholders, for calls whose profile
+        has no knowledge base: such a call still says them where nothing may be improvised (``0``
+        after hours: when people are in). None without a dialplan: it has no office hours."""
+        if dialplan is None:
+            return None
+        languages = tuple(dict.fromkeys(language for e in self.brain.intents for language in e.answers))
+        base = KnowledgeBase(path="intents", entries=(), languages=languages, texts={})
+        return Knowledge(base, self.brain.matcher(()), self._placeholders(dialplan, languages))
 
     def knowledge_for(self, profile: Profile) -> Knowledge | None:
         return None if profile.knowledge is None else self.knowledge.get(profile.knowledge)
@@ -204,6 +239,7 @@ class CallManager:
         """Take a new dialplan and its knowledge bases (``load_knowledge``) for the calls that
         start from now on; calls already up keep what they started with."""
         self.dialplan, self.knowledge = dialplan, knowledge
+        self.intent_words = self._intent_words(dialplan)
 
     def default_profile(self) -> Profile:
         """The profile of a call no dialplan rule matches (``/v1/chat`` answers as it)."""
@@ -230,7 +266,7 @@ class CallManager:
         texts = [
             (text, p.voice)
             for p in self.profiles()
-            for text in (p.greeting, p.hold_prompt, p.reprompt, p.goodbye, p.apology)
+            for text in (p.opening, p.busy_message, p.hold_prompt, p.reprompt, p.goodbye, p.apology)
         ]
         for knowledge in self.knowledge.values():
             base = knowledge.base
@@ -251,27 +287,58 @@ class CallManager:
         synthesize one text once each; ``preparation`` says how far it is."""
         texts = self.prompt_texts()
         self.preparation = Preparation(total=len(texts))
-        task = asyncio.ensure_future(self.prompts.prepare(texts, self.preparation))
+        task = asyncio.ensure_future(self._prepare(texts))
         self._preparing.add(task)
         task.add_done_callback(self._preparing.discard)
         return task
+
+    async def _prepare(self, texts: list[tuple[str, str]]) -> None:
+        await asyncio.gather(self.prompts.prepare(texts, self.preparation), self._prime_model())
+
+    async def _prime_model(self) -> None:
+        """Leave the default profile's grounded prompt start (its system prompt, the rules and
+        the worked examples: some 350 tokens, 2.3 s on two cores) in the model's cache, so the
+        first caller whose question goes to the model reads only the facts and the question."""
+        system = self.profile_for(CallInfo(leg="ws")).system_prompt
+        try:
+            async with contextlib.aclosing(
+                self.inference.generate(grounded_messages("", [], [], system), max_tokens=1)
+            ) as pieces:
+                async for _ in pieces:
+                    pass
+        except Exception as exc:  # a remote model that is down: the calls will say so, not this
+            log.warning("the model could not be primed", extra={"error": str(exc)[:200]})
 
     async def prepared(self) -> Preparation:
         """Once the background synthesis started so far has finished."""
         await asyncio.gather(*self._preparing, return_exceptions=True)
         return self.preparation
 
+    def refusal(self, info: CallInfo, profile: Profile | None = None) -> CallRejected | None:
+        """Why a call would be refused now (draining, or beyond capacity), with the profile's
+        busy message; None: it would be admitted."""
+        if self.draining:
+            return CallRejected("draining", "the gateway is shutting down and takes no new calls")
+        reason = self.capacity.refusal(len(self.sessions))
+        if reason is None:
+            return None
+        profile = profile or self.profile_for(info)
+        say = profile.busy_message
+        return CallRejected(
+            "overloaded",
+            reason,
+            say=say,
+            frames=(self.prompts.ready(say, profile.voice) or []) if say else [],
+            transfer_target=profile.transfer_target,
+        )
+
     async def start(self, leg: Leg, info: CallInfo, profile: Profile | None = None) -> CallSession:
         """Admit a call or raise ``CallRejected``; the session is running when this returns."""
-        if self.draining:
-            self.metrics.calls_rejected.labels(info.leg, "draining").inc()
-            raise CallRejected("draining", "the gateway is shutting down and takes no new calls")
-        if len(self.sessions) >= self.settings.max_sessions:
-            self.metrics.calls_rejected.labels(info.leg, "overloaded").inc()
-            raise CallRejected(
-                "overloaded", f"the gateway is at its limit of {self.settings.max_sessions} concurrent calls"
-            )
         profile = profile or self.profile_for(info)
+        refused = self.refusal(info, profile)
+        if refused is not None:
+            self.metrics.calls_rejected.labels(info.leg, refused.code).inc()
+            raise refused
         session = CallSession(
             call_id=uuid.uuid4().hex,
             leg=leg,
@@ -280,14 +347,30 @@ class CallManager:
             inference=self.inference,
             brain=self.brain,
             knowledge=self.knowledge_for(profile),
+            intent_words=self.intent_words,
             voices=self.voices,
             recorder=self.records,
             prompts=self.prompts,
             turn_settings=self._turns,
             on_end=self._ended,
+            capacity=self.capacity,
+            recordings=self.recordings,
         )
         self.sessions[session.id] = session
         self.metrics.active_calls.labels(info.leg).inc()
+        # One line at the start and one at the end of every call, whatever its leg (here and in
+        # ``_ended``): the pair an operator greps a call by. ``external_id`` is the platform's id
+        # (SIP Call-ID, Twilio CallSid, AudioSocket UUID); the caller's number is not logged.
+        log.info(
+            "call started",
+            extra={
+                "call_id": session.id,
+                "leg": info.leg,
+                "profile": profile.name,
+                "external_id": info.external_id,
+                "dialled": info.dialled,
+            },
+        )
         try:
             await session.start()
         except BaseException:
@@ -299,9 +382,30 @@ class CallManager:
         if self.sessions.pop(session.id, None) is None:
             return
         self.metrics.active_calls.labels(session.info.leg).dec()
-        self.metrics.calls.labels(session.info.leg, disposition if disposition in DISPOSITIONS else "error").inc()
+        disposition = disposition if disposition in DISPOSITIONS else "error"
+        self.metrics.calls.labels(session.info.leg, disposition).inc()
+        log.info(
+            "call ended",
+            extra={
+                "call_id": session.id,
+                "leg": session.info.leg,
+                "profile": session.profile.name,
+                "disposition": disposition,
+                "turns": session.turns,
+                "duration_s": round(time.time() - session.started_at, 3),
+            },
+        )
+
+    def stopping(self) -> None:
+        """The gateway begins to stop: no new calls from now on; the legs drain theirs next."""
+        self.draining = True
+        log.info("gateway stopping", extra={"active_calls": len(self.sessions)})
 
     async def shutdown(self) -> None:
+        """End every call still up (after the legs' drains), as ``shutdown``."""
         self.draining = True
-        for session in list(self.sessions.values()):
+        live = list(self.sessions.values())
+        for session in live:
             await session.end("shutdown")
+        log.info("calls drained", extra={"ended_at_shutdown": len(live)})
+        self.recordings.close()

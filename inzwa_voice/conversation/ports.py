@@ -13,6 +13,7 @@ returns the frames that were, and ``wait_for_playout(position)`` resolves once t
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Protocol
 
 from inzwa_voice.core import PCM16, CallInfo, LegKind, Profile
@@ -20,11 +21,26 @@ from inzwa_voice.telemetry import Metrics
 
 
 class CallRejected(Exception):
-    """The gateway will not take this call now; ``code`` says why (``overloaded``, ``draining``)."""
+    """The gateway will not take this call now; ``code`` says why (``overloaded``, ``draining``).
 
-    def __init__(self, code: str, message: str) -> None:
+    ``say`` is the profile's authored busy message, and ``frames`` its audio when ready-made:
+    legs that can play before refusing play it, the others carry the words (Twilio's ``<Say>``).
+    ``transfer_target`` is where the profile hands callers to people, if anywhere."""
+
+    def __init__(
+        self,
+        code: str,
+        message: str,
+        *,
+        say: str = "",
+        frames: Sequence[PCM16] = (),
+        transfer_target: str | None = None,
+    ) -> None:
         super().__init__(message)
         self.code = code
+        self.say = say
+        self.frames = frames
+        self.transfer_target = transfer_target
 
 
 class Leg(Protocol):
@@ -106,4 +122,9 @@ class CallStarter(Protocol):
 
     async def start(self, leg: Leg, info: CallInfo) -> Call:
         """Start the call (it is running when this returns) or raise :class:`CallRejected`."""
+        ...
+
+    def refusal(self, info: CallInfo) -> CallRejected | None:
+        """The refusal ``start`` would raise for this call now, or None: for legs that answer
+        before any media flows (Twilio's voice webhook says the busy message in TwiML)."""
         ...

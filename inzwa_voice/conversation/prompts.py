@@ -3,7 +3,11 @@
 Every call of a profile says the same few texts, so each (voice, text) is synthesized once and
 its frames are reused by every call. Concurrent callers of the same text share one synthesis
 (a burst of calls must not synthesize one greeting fifty times), and a synthesis is not tied to
-the call that asked first: if that caller hangs up, the others still get their audio.
+the call that asked first: if that caller hangs up, the others still get their audio, and the
+frames stay cached. A synthesis runs as urgently as the most urgent of those waiting for it,
+read live as their urgency rises: the texts prepared at start-up wait behind the calls' work,
+but a greeting a caller waits for, or an authored answer whose caller has just finished
+speaking, goes ahead of speculation and REST requests.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from typing import ClassVar
 
 from inzwa_voice.core import FRAME_SAMPLES, PCM16, PIPELINE_RATE
 from inzwa_voice.engines.base import Inference
+from inzwa_voice.engines.scheduler import Priority, Urgency, current_urgency
 from inzwa_voice.media.framing import Framer
 
 log = logging.getLogger(__name__)
@@ -51,18 +56,38 @@ class PromptAudio:
     def __init__(self, inference: Inference, limit: int = 256) -> None:
         self._inference = inference
         self._limit = self._spare = limit
-        self._frames: OrderedDict[tuple[str, str], asyncio.Task[list[PCM16]]] = OrderedDict()
+        self._frames: OrderedDict[tuple[str, str], _Synthesis] = OrderedDict()
 
     async def frames(self, text: str, voice: str) -> list[PCM16]:
+        """The frames of ``text`` in ``voice``: cached, or the one synthesis under way (run at
+        least as urgently as this caller's work), or a new one if none ran or the last failed.
+        Cancelling this wait leaves the synthesis running and its frames cached."""
         key = (voice, text)
-        task = self._frames.get(key)
-        if task is None or (task.done() and (task.cancelled() or task.exception() is not None)):
-            task = asyncio.ensure_future(synthesize_frames(self._inference, text, voice))
-            self._frames[key] = task
+        synthesis = self._frames.get(key)
+        if synthesis is None or synthesis.failed:
+            urgency = _Waiters()
+            task = asyncio.get_running_loop().create_task(
+                synthesize_frames(self._inference, text, voice), context=urgency.context()
+            )
+            synthesis = self._frames[key] = _Synthesis(task, urgency)
             while len(self._frames) > self._limit:
                 self._frames.popitem(last=False)
         self._frames.move_to_end(key)
-        return await asyncio.shield(task)
+        if synthesis.task.done():
+            return synthesis.task.result()
+        waiter = current_urgency()
+        synthesis.urgency.waiting.append(waiter)
+        try:
+            return await asyncio.shield(synthesis.task)
+        finally:
+            synthesis.urgency.waiting.remove(waiter)
+
+    def ready(self, text: str, voice: str) -> list[PCM16] | None:
+        """The frames if already synthesized, without waiting (a refusal does not wait for audio)."""
+        synthesis = self._frames.get((voice, text))
+        if synthesis is None or not synthesis.task.done() or synthesis.failed:
+            return None
+        return synthesis.task.result()
 
     async def prepare(self, texts: list[tuple[str, str]], progress: Preparation) -> None:
         """Synthesize ``(text, voice)`` pairs ahead of the first call that needs them, in order
@@ -79,6 +104,35 @@ class PromptAudio:
                 progress.failed += 1
                 log.exception("a prompt could not be synthesized ahead", extra={"voice": voice})
             progress.done += 1
+
+
+class _Waiters(Urgency):
+    """The urgency of a synthesis: the most urgent of its waiters', read when the scheduler
+    grants a slot (a reply's rises at its caller's endpoint); ``REST`` once none waits."""
+
+    def __init__(self) -> None:
+        super().__init__(Priority.REST)
+        self.waiting: list[Urgency] = []
+
+    @property
+    def priority(self) -> Priority:
+        return min((u.priority for u in self.waiting), default=Priority.REST)
+
+    @priority.setter
+    def priority(self, value: Priority) -> None:
+        """Set by the base class only: the waiters decide."""
+
+
+@dataclass(eq=False)
+class _Synthesis:
+    task: asyncio.Task[list[PCM16]]
+    urgency: _Waiters
+
+    @property
+    def failed(self) -> bool:
+        """Cancelled (the process is shutting down) or broken: the next caller tries again."""
+        task = self.task
+        return task.done() and (task.cancelled() or task.exception() is not None)
 
 
 @dataclass

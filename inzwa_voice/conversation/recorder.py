@@ -10,6 +10,7 @@ what the caller said and what they heard.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Protocol
 
 from inzwa_voice.core import CallInfo
@@ -24,3 +25,7 @@ class Recorder(Protocol):
     async def event(self, call_id: str, kind: str, data: dict[str, object]) -> None: ...
 
     async def end(self, call_id: str, info: CallInfo, disposition: str) -> None: ...
+
+    async def recording(self, call_id: str, info: CallInfo, path: Path, duration_s: float | None) -> None:
+        """Where the call's recording is: at the start (no duration yet), and at the end."""
+        ...

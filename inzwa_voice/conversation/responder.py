@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from inzwa_voice.conversation.brain import Answer, Dialog, Source
+from inzwa_voice.conversation.capacity import Capacity, Turn
 from inzwa_voice.conversation.memory import Memory
 from inzwa_voice.conversation.outbox import Outbox
 from inzwa_voice.conversation.ports import Leg
@@ -47,6 +48,7 @@ from inzwa_voice.core import FRAME_MS, PCM16, CallInfo, Profile
 from inzwa_voice.engines.base import ChatMessage, Inference
 from inzwa_voice.engines.scheduler import Priority, Urgency
 from inzwa_voice.store import Outcome, TurnRecord
+from inzwa_voice.tracing import CallTrace, TracedTurn
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -56,6 +58,8 @@ PLAYOUT_GRACE_S = 5.0
 """A leg that never confirms playback costs the audio still queued plus this, never the call."""
 KEEP_WORDS_S = 5.0
 """At a hang-up, how long a decode under way may still finish so the caller's words are kept."""
+HOLD_GRACE_S = 1.0
+"""How much longer the hold prompt waits when the model's first token is in but no phrase yet."""
 _HELD_PHRASES = 16  # phrases produced ahead of playback (before the endpoint, or while it plays)
 
 
@@ -101,7 +105,9 @@ class Reply:
     error: str | None = None
     committed: asyncio.Event = field(default_factory=asyncio.Event)
     started_at: float = field(default_factory=time.time)
+    generated_at: float | None = None  # loop time of the model's last phrase
     transcription: asyncio.Task[str] | None = None
+    turn: Turn | None = None  # in flight on the cores' capacity from the commit to the first audio
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
     queue: asyncio.Queue[Phrase | None] = field(default_factory=lambda: asyncio.Queue(_HELD_PHRASES))
 
@@ -161,11 +167,14 @@ class Responder:
         memory: Memory,
         outbox: Outbox,
         recorder: Recorder,
+        trace: CallTrace,
         prompts: PromptAudio,
         on_quiet: Callable[[], None],
         on_played: Callable[[Reply], None],
+        capacity: Capacity | None = None,
     ) -> None:
         self._call_id = call_id
+        self._capacity = capacity
         self._info = info
         self._profile = profile
         self._leg = leg
@@ -175,6 +184,7 @@ class Responder:
         self._memory = memory
         self._outbox = outbox
         self._recorder = recorder
+        self._trace = trace
         self._prompts = prompts
         self._on_quiet = on_quiet
         self._on_played = on_played
@@ -183,6 +193,7 @@ class Responder:
         self._speaking = asyncio.Lock()  # one reply's frames at a time on the leg
         self._queued = 0  # leg position after the last frame queued
         self._index = 0
+        self.turns = 0  # caller turns recorded (a reply's index also counts dropped speculations)
         self.current: Reply | None = None  # committed, playing
         self.speculative: Reply | None = None
         self._utterance: Utterance | None = None  # the caller's turn in progress (and one they went on with)
@@ -220,6 +231,16 @@ class Responder:
         self.speculative = reply
         return reply
 
+    def heard_question(self) -> bool:
+        """The caller's words so far are decoded and end in a question mark: asked, and waiting.
+        Only a question mark: a sentence ending in a full stop is as often "Hello." before the
+        question as the end of the turn."""
+        reply = self.speculative
+        task = None if reply is None else reply.transcription
+        if task is None or not task.done() or task.cancelled() or task.exception() is not None:
+            return False
+        return task.result().rstrip().endswith("?")
+
     def drop(self) -> None:
         """The caller went on speaking: the speculative answer is void; the stretches decoded stay."""
         reply, self.speculative = self.speculative, None
@@ -237,6 +258,8 @@ class Responder:
             reply.urgency.priority = Priority.FIRST_PHRASE
         reply.state = ReplyState.COMMITTED
         reply.mark("endpoint", at)
+        if self._capacity is not None:
+            reply.turn = self._capacity.committed()
         self.dialog = reply.dialog
         self.current = reply
         reply.committed.set()
@@ -306,6 +329,8 @@ class Responder:
         pending = [r for r in (self.current, self.speculative) if r is not None and not r.is_prompt]
         for reply in (self.current, self.speculative):
             if reply is not None:
+                if reply.turn is not None:
+                    reply.turn.done()
                 for task in reply.tasks:
                     task.cancel()
         for reply in pending:
@@ -375,6 +400,7 @@ class Responder:
                 async with asyncio.timeout(STAGE_TIMEOUT_S):
                     phrase_text = await anext(phrases, None)
                 if phrase_text is None:
+                    reply.generated_at = _now()
                     return
                 if not phrase_text.strip():
                     continue
@@ -424,16 +450,24 @@ class Responder:
         self._finish(reply, ReplyState.PLAYED, arm_idle=arm_idle)
 
     async def _hold_prompt(self, reply: Reply) -> None:
-        """A slow answer: say the hold prompt once, so the caller knows someone is there."""
+        """A slow answer: say the hold prompt once, so the caller knows someone is there. At
+        once when more turns are ahead of this one than the cores answer in time (the queue is
+        too deep), else after ``hold_after_s`` without an answer."""
         profile = self._profile()
         if not profile.hold_prompt:
             return
-        await asyncio.sleep(profile.hold_after_s)
-        if self.current is not reply or reply.queued_any or reply.state in _FINAL:
+        behind = reply.turn is not None and reply.turn.behind
+        await asyncio.sleep(0 if behind else profile.hold_after_s)
+        if not behind and reply.info.first_token_at is not None and not reply.phrases:
+            # The model is already answering: its first phrase is a few tokens away, and a hold
+            # prompt begun now would keep that answer waiting until the prompt has been said.
+            await asyncio.sleep(HOLD_GRACE_S)
+        if self.current is not reply or reply.phrases or reply.state in _FINAL:
             return
         frames = await self._prompts.frames(profile.hold_prompt, profile.voice)
         async with self._speaking:
             if self.current is reply and not reply.queued_any:
+                self._outbox.event({"type": "hold", "id": reply.id, "text": profile.hold_prompt})
                 for frame in frames:
                     self._queued = await self._leg.play(frame)
 
@@ -476,6 +510,8 @@ class Responder:
                     phrase.start = position - 1
                     self._outbox.event({"type": "llm.partial", "id": reply.id, "text": phrase.text})
                     if first:
+                        if reply.turn is not None:
+                            reply.turn.answered()
                         self._outbox.event({"type": "tts.start", "id": reply.id, **_source(reply)})
                         reply.mark("first_frame_sent", _now())
                         if reply.state is ReplyState.COMMITTED:
@@ -517,6 +553,7 @@ class Responder:
         if not reply.caller_text and not force:
             return
         reply.announced = True
+        self.turns += 1
         self._memory.add("user", reply.caller_text)
         self._record_turn(reply, "answering", reply_text="", first=True)
         if reply.caller_text:
@@ -524,6 +561,8 @@ class Responder:
 
     def _finish(self, reply: Reply, state: ReplyState, *, arm_idle: bool = True) -> None:
         reply.state = state
+        if reply.turn is not None:
+            reply.turn.done()
         if self.current is reply:
             self.current = None
         current = asyncio.current_task()
@@ -535,7 +574,7 @@ class Responder:
             self._record_turn(reply, "failed" if state is ReplyState.FAILED else "played", reply_text=text)
             for stage in LATENCY_STAGES:
                 if stage in reply.marks:
-                    self._metrics.turn_latency.labels(stage).observe(reply.marks[stage] / 1000)
+                    self._metrics.turn_latency.labels(self._info.leg, stage).observe(reply.marks[stage] / 1000)
         if reply.queued_any:
             self._outbox.event({"type": "tts.end", "id": reply.id, **_source(reply)})
         if reply.announced:
@@ -554,6 +593,8 @@ class Responder:
 
     def _stop(self, reply: Reply, state: ReplyState, *, keep_transcription: bool) -> None:
         reply.state = state
+        if reply.turn is not None:
+            reply.turn.done()
         current = asyncio.current_task()
         for task in reply.tasks:
             if task is not current:
@@ -566,6 +607,7 @@ class Responder:
     ) -> None:
         if outcome != "answering":
             self._metrics.turns.labels(self._info.leg).inc()
+            self._trace_turn(reply, outcome, barged_in=barged_in)
         record = TurnRecord(
             index=reply.index,
             caller_text=reply.caller_text or "",
@@ -581,6 +623,29 @@ class Responder:
             source=None if reply.source is None else reply.source.public(),
         )
         self._outbox.write(lambda: self._recorder.turn(self._call_id, self._info, record, first=first))
+
+    def _trace_turn(self, reply: Reply, outcome: Outcome, *, barged_in: bool) -> None:
+        """The turn has ended: its spans, from the reply's marks (nothing when tracing is off)."""
+        if not self._trace.recording:
+            return
+        wall = time.time() - _now()  # loop time to wall-clock time
+        self._trace.turn(
+            TracedTurn(
+                index=reply.index,
+                outcome=outcome,
+                started_at=reply.started_at,
+                last_voiced_at=reply.last_voiced_at + wall,
+                marks=reply.marks,
+                source=None if reply.source is None else reply.source.public(),
+                language=self._profile().language,
+                barged_in=barged_in,
+                error=reply.error,
+                asr_decodes=reply.urgency.runs["asr"],
+                llm_tokens=reply.info.tokens,
+                generated_at=None if reply.generated_at is None else reply.generated_at + wall,
+                phrases=len(reply.phrases),
+            )
+        )
 
     def _record_event(self, kind: str, data: dict[str, object]) -> None:
         self._outbox.write(lambda: self._recorder.event(self._call_id, kind, data))

@@ -2,10 +2,11 @@
 
 The session owns what lasts as long as the call: the inbound loop (every 20 ms frame through
 the VAD and the turn detector, inline, so barge-in never waits behind a model), the idle and
-maximum-length timers, DTMF, transfer, and the end. What the bot says is the
-:class:`~inzwa_voice.conversation.responder.Responder`'s; what the client and the record are told
-goes through the call's :class:`~inzwa_voice.conversation.outbox.Outbox`, so the inbound loop
-never waits on a socket or the disk.
+maximum-length timers, DTMF, transfer, the recording (when the profile records), and the end.
+What the bot says is the :class:`~inzwa_voice.conversation.responder.Responder`'s; what the
+client and the record are told goes through the call's
+:class:`~inzwa_voice.conversation.outbox.Outbox`, so the inbound loop never waits on a socket or
+the disk.
 
 Media time follows the caller's frames, and the wall clock stands in when they stop: a client
 that goes quiet (Opus DTX, a muted microphone, RTP silence suppression, a stalled network, a
@@ -25,15 +26,18 @@ from typing import Any, Final
 import numpy as np
 
 from inzwa_voice.conversation.brain import Answer, Brain, Dialog, Knowledge, Source
+from inzwa_voice.conversation.capacity import Capacity
 from inzwa_voice.conversation.memory import Memory
 from inzwa_voice.conversation.outbox import Outbox
 from inzwa_voice.conversation.ports import Leg
 from inzwa_voice.conversation.prompts import PromptAudio
 from inzwa_voice.conversation.recorder import Recorder
+from inzwa_voice.conversation.recording import CallRecording, Recordings
 from inzwa_voice.conversation.responder import Reply, Responder
 from inzwa_voice.conversation.turns import TurnDetector, TurnEvent, TurnSettings
 from inzwa_voice.core import DTMF_DIGITS, FRAME_MS, FRAME_SAMPLES, PCM16, CallInfo, Profile
 from inzwa_voice.engines.base import ChatMessage, Inference
+from inzwa_voice.tracing import CallTrace
 
 log = logging.getLogger(__name__)
 
@@ -59,10 +63,15 @@ class CallSession:
         brain: Brain,
         knowledge: Knowledge | None,
         voices: Mapping[str, str],
+        # The packaged intents' words (filled for this dialplan) where the profile has no knowledge
+        # base: what the call says when ``0`` finds nobody (after hours).
+        intent_words: Knowledge | None = None,
         recorder: Recorder,
         prompts: PromptAudio,
         turn_settings: TurnSettings,
         on_end: Callable[[CallSession, str], None],
+        capacity: Capacity | None = None,
+        recordings: Recordings | None = None,
     ) -> None:
         self.id = call_id
         self.leg = leg
@@ -75,8 +84,10 @@ class CallSession:
         self._inference = inference
         self._brain = brain
         self._knowledge = knowledge
+        self._intent_words = knowledge or intent_words
         self._voices = voices
         self._recorder = recorder
+        self._trace = CallTrace(call_id, info.leg, profile.name, info.external_id)
         self._on_end = on_end
         self._detector = TurnDetector(inference.vad.stream(), turn_settings)
         # Frames, or None: the client's "end of turn" marker, kept in order with the audio.
@@ -84,20 +95,28 @@ class CallSession:
         self._outbox = Outbox(
             leg.send_event, on_drop=lambda: self._metrics.call_errors.labels(info.leg, "event_dropped").inc()
         )
+        # A recorded profile's call: what the caller says and hears goes to disk as it happens.
+        self._recording = (
+            recordings.for_call(call_id, on_error=lambda kind: self._metrics.call_errors.labels(info.leg, kind).inc())
+            if recordings is not None and profile.recording
+            else None
+        )
         self._responder = Responder(
             call_id=call_id,
             info=info,
             profile=lambda: self.profile,
-            leg=leg,
+            leg=leg if self._recording is None else self._recording.leg(leg),
             inference=inference,
             decide=self._decide,
             voice_for=self._voice_for,
             memory=Memory(profile.system_prompt),
             outbox=self._outbox,
             recorder=recorder,
+            trace=self._trace,
             prompts=prompts,
             on_quiet=self._arm_idle,
             on_played=self._act,
+            capacity=capacity,
         )
         self._tasks: set[asyncio.Task[Any]] = set()
         self._idle: asyncio.TimerHandle | None = None
@@ -111,6 +130,11 @@ class CallSession:
     @property
     def active(self) -> bool:
         return not self._ending
+
+    @property
+    def turns(self) -> int:
+        """Caller turns so far: those in the call record."""
+        return self._responder.turns
 
     def feed(self, frame: PCM16) -> None:
         """Accept one inbound 20 ms frame at 16 kHz; never blocks the leg."""
@@ -158,14 +182,18 @@ class CallSession:
 
     # ----- life -----
     async def start(self) -> None:
-        """Record the call, start listening and greet; the record exists when this returns."""
-        self._outbox.write(lambda: self._recorder.start(self.id, self.info, self.profile.name, self.started_at))
-        await self._outbox.flush()
-        self._spawn(self._inbound_loop())
-        loop = asyncio.get_running_loop()
-        self._max_length = loop.call_later(self.profile.max_call_s, self._end_soon, "max_length")
-        if self.profile.greeting:
-            self._responder.say(self.profile.greeting)
+        """Record the call, start listening and greet; the record exists when this returns.
+        What starts here (the inbound loop and all it starts, the timers) runs in the call's span."""
+        with self._trace.current():
+            self._outbox.write(lambda: self._recorder.start(self.id, self.info, self.profile.name, self.started_at))
+            if self._recording is not None:
+                await self._start_recording(self._recording)
+            await self._outbox.flush()
+            self._spawn(self._inbound_loop())
+            loop = asyncio.get_running_loop()
+            self._max_length = loop.call_later(self.profile.max_call_s, self._end_soon, "max_length")
+            if self.profile.opening:  # the greeting, after the recording notice on a recorded call
+                self._responder.say(self.profile.opening)
 
     async def wait_closed(self) -> None:
         await self._ended.wait()
@@ -203,13 +231,26 @@ class CallSession:
             if self._responder.hearing:
                 self._responder.speculate(self._last_voiced_at(), answer=False)
         await self._responder.close()
+        if self._recording is not None:
+            await self._finish_recording(self._recording)
         self._outbox.write(lambda: self._recorder.end(self.id, self.info, disposition))  # before the caller is told
         self._outbox.event({"type": "call.end", "reason": disposition})
         await self._outbox.close()
-        self._on_end(self, disposition)
+        with self._trace.current():  # the call's end is logged with its trace
+            self._on_end(self, disposition)
+        self._trace.end(disposition, turns=self.turns)
         with contextlib.suppress(Exception):
             await self.leg.close(disposition)
         self._ended.set()
+
+    async def _start_recording(self, recording: CallRecording) -> None:
+        if await recording.open():
+            self._outbox.write(lambda: self._recorder.recording(self.id, self.info, recording.path, None))
+
+    async def _finish_recording(self, recording: CallRecording) -> None:
+        duration = await recording.close()
+        if duration is not None:
+            self._outbox.write(lambda: self._recorder.recording(self.id, self.info, recording.path, duration))
 
     def _end_soon(self, disposition: str) -> None:
         self._spawn(self.end(disposition, say_goodbye=True))
@@ -252,7 +293,12 @@ class CallSession:
             self._hear(frame)
 
     def _hear(self, frame: PCM16 | None) -> None:
-        events = self._detector.force_endpoint() if frame is None else self._detector.push(frame)
+        if frame is not None and self._recording is not None:
+            self._recording.hear(frame)
+        detector = self._detector
+        events = detector.force_endpoint() if frame is None else detector.push(frame)
+        if detector.silent_ms >= detector.settings.question_endpoint_ms and self._responder.heard_question():
+            events += detector.force_endpoint()
         for event in events:
             self._on_turn_event(event)
 
@@ -345,8 +391,8 @@ class CallSession:
             outcome: dict[str, object] = {"target": None, "ok": False, "status": 0, "reason": "no_target"}
             self._outbox.write(lambda: self._recorder.event(self.id, "transfer_result", outcome))
             human = self._brain.intent("human")
-            if reason != "safety" and human is not None and self._knowledge is not None:
-                words = self._knowledge.answer(human, self.profile.language, open_now=False)
+            if reason != "safety" and human is not None and self._intent_words is not None:
+                words = self._intent_words.answer(human, self.profile.language, open_now=False)
                 self._cancel_idle()
                 self._responder.interrupt(barge_in=False)
                 self._responder.say_answer(Answer(Source("intent", human.id), words))

@@ -9,7 +9,8 @@ the endpoint waits ``endpoint_ms`` (700 ms) of silence; but at ``prefetch_ms`` (
 stretch of speech since the previous pause is closed (``take_stretch``): the session decodes it
 at once, while the caller may go on, and starts the LLM speculatively on the stretches so far,
 so the answer is ready when the endpoint fires and only the speculation is dropped if the
-caller goes on. Each stretch is decoded once.
+caller goes on. Each stretch is decoded once. When the words so far end in a question mark the
+session ends the turn sooner (``question_endpoint_ms``): a caller who has asked is waiting.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ class TurnSettings:
     start_ms: int = 120  # voiced audio before speech starts: a cough or click is shorter
     prefetch_ms: int = 300
     endpoint_ms: int = 700
+    question_endpoint_ms: int = 500  # once the words so far end in a question mark (see the session)
     max_utterance_ms: int = 30_000  # a longer turn is cut here, so buffers stay bounded
     pre_roll_ms: int = 200  # audio kept from before speech start, so first syllables survive
 
@@ -66,6 +68,11 @@ class TurnDetector:
     @property
     def in_speech(self) -> bool:
         return self._in_speech
+
+    @property
+    def silent_ms(self) -> int:
+        """Silence since the caller's last voiced frame, within a turn."""
+        return self._silent_ms if self._in_speech else 0
 
     def take_stretch(self) -> PCM16:
         """The stretch of speech since the previous one was taken (from the utterance's start),

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncGenerator, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Literal, Protocol, runtime_checkable
 
 from inzwa_voice.core import PCM16, Float32
 from inzwa_voice.telemetry import Metrics
@@ -125,6 +125,12 @@ class ASR(Protocol):
         ...
 
 
+PROMPT_READ = ""
+"""Yielded by ``LLM.stream`` after each part of the prompt it has read, before any token: a step
+at which the scheduler may give the cores to more urgent work, or the reader stop. Not text:
+``Inference.generate`` never passes it on."""
+
+
 class LLM(Protocol):
     name: str
 
@@ -136,7 +142,8 @@ class LLM(Protocol):
         temperature: float | None = None,
         stop: list[str] | None = None,
     ) -> AsyncGenerator[str, None]:
-        """Yield text pieces as generated; closing the iterator stops generation."""
+        """Yield text pieces as generated; closing the iterator stops generation. A local engine
+        may also yield ``PROMPT_READ`` while it reads a long prompt (see that constant)."""
         ...
 
     def warm(self) -> None:
@@ -144,6 +151,21 @@ class LLM(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+class LLMUnavailableError(RuntimeError):
+    """The LLM cannot answer now (its server is down or refuses): what uses it falls back to
+    an authored answer (a call's apology, ``/v1/chat``'s) instead of failing the request."""
+
+
+@runtime_checkable
+class Probed(Protocol):
+    """An engine that can be unavailable while the gateway runs (a remote server): ``/health``
+    reports it ``degraded`` with the reason."""
+
+    async def problem(self) -> str | None:
+        """Why the engine cannot serve now, or None when it can."""
+        ...
 
 
 class TTS(Protocol):

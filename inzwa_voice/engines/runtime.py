@@ -25,6 +25,7 @@ from inzwa_voice.engines.base import (
     ASR,
     LLM,
     PCM16,
+    PROMPT_READ,
     TTS,
     VAD,
     ChatMessage,
@@ -124,6 +125,8 @@ class Engines:
         self.metrics.llm_active.inc()
         try:
             async for piece in source:
+                if piece == PROMPT_READ:
+                    continue
                 if first:
                     self.metrics.llm_ttft.observe(time.perf_counter() - started)
                     first = False

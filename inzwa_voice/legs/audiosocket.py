@@ -13,7 +13,8 @@ arrives. So the leg paces outbound audio itself (:class:`PacedOutput`), and cuts
 20 ms frames because the resampler's output per frame varies by a few samples.
 
 The protocol has no authentication and no call metadata beyond the UUID: bind it to an address
-only Asterisk can reach. Every connection is bounded: a UUID within ``start_timeout_s``, a frame
+only Asterisk can reach. Every connection is bounded: a UUID within ``start_timeout_s``
+(``handshake_timeout_s``; else the error frame ``PROTOCOL``, then the socket closes), a frame
 within ``idle_timeout_s`` (Asterisk sends audio every 20 ms, silence included, so a quiet socket
 is a dead one), payload lengths checked per kind before anything is read, a cap on connections
 still waiting for their UUID, and a write timeout so a peer that stops reading is dropped.
@@ -272,6 +273,11 @@ class AudioSocketServer:
         if self._server is not None:
             await self._server.wait_closed()
 
+    @property
+    def pending(self) -> int:
+        """Connections still waiting for their UUID (at most ``max_pending``)."""
+        return self._pending
+
     def _error(self, code: str) -> None:
         self.calls.metrics.call_errors.labels("audiosocket", code).inc()
 
@@ -330,7 +336,6 @@ class AudioSocketServer:
             if call is None:
                 return
             leg.uuid, leg.call = call_uuid, call
-            log.info("audiosocket call", extra={"call_id": call.id, "uuid": str(call_uuid)})
             disposition = "error"
             try:
                 disposition = await self._receive(reader, leg, call)
@@ -410,7 +415,7 @@ def setup(app: web.Application, calls: CallStarter, settings: Settings) -> None:
     Start-up fails if the port is taken: a gateway that silently lacks its Asterisk leg is worse
     than one that stops.
     """
-    server = AudioSocketServer(calls)
+    server = AudioSocketServer(calls, start_timeout_s=settings.handshake_timeout_s)
     app[AUDIOSOCKET] = server
     app.router.add_get(TRANSFER_PATH, transfer_lookup)
     if not settings.audiosocket_enabled:

@@ -25,7 +25,8 @@ TTL_S: Final = 300.0
 
 
 class Handoffs:
-    """A bounded, expiring map from a platform's call id to the transfer target."""
+    """A bounded, expiring map from a platform's call id to the transfer target (and the call,
+    whose record takes what the platform later says of the transfer)."""
 
     def __init__(
         self, *, max_waiting: int = MAX_WAITING, ttl_s: float = TTL_S, clock: Callable[[], float] = time.monotonic
@@ -33,13 +34,13 @@ class Handoffs:
         self._max = max_waiting
         self._ttl = ttl_s
         self._clock = clock
-        self._waiting: OrderedDict[str, tuple[float, str]] = OrderedDict()
+        self._waiting: OrderedDict[str, tuple[float, str, Call | None]] = OrderedDict()
 
-    def put(self, key: str, target: str) -> None:
+    def put(self, key: str, target: str, call: Call | None = None) -> None:
         """Remember that call ``key`` is to go to ``target``; the oldest go beyond the bound."""
         self._expire()
         self._waiting.pop(key, None)
-        self._waiting[key] = (self._clock() + self._ttl, target)
+        self._waiting[key] = (self._clock() + self._ttl, target, call)
         while len(self._waiting) > self._max:
             self._waiting.popitem(last=False)
 
@@ -50,6 +51,12 @@ class Handoffs:
         entry = self._waiting.get(key)
         return None if entry is None else entry[1]
 
+    def call(self, key: str) -> Call | None:
+        """The call booked under ``key`` (ended by now), to record how its transfer went."""
+        self._expire()
+        entry = self._waiting.get(key)
+        return None if entry is None else entry[2]
+
     def __len__(self) -> int:
         self._expire()
         return len(self._waiting)
@@ -57,7 +64,7 @@ class Handoffs:
     def _expire(self) -> None:
         now = self._clock()
         while self._waiting:
-            key, (deadline, _) = next(iter(self._waiting.items()))
+            key, (deadline, _, _) = next(iter(self._waiting.items()))
             if deadline > now:
                 return
             del self._waiting[key]
@@ -73,7 +80,7 @@ async def hand_off(
     if book is None or not key:
         await record_transfer(call, target, ok=False, reason=why_not)
         return False
-    book.put(key, target)
+    book.put(key, target, call)
     await record_transfer(call, target, ok=True, reason=how)
     return True
 

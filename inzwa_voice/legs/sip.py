@@ -26,7 +26,9 @@ before any callback; it also suits a proxy in front (Kamailio's dispatcher fails
 like on 503 when told to). A call the call manager refuses (its ``max_sessions``, or a
 shutdown drain) gets ``503 Service Unavailable`` with ``Retry-After``: the server, not the
 callee, is busy, and a proxy tries another gateway. An offer without PCMU, PCMA or G.722 gets
-``488 Not Acceptable Here``.
+``488 Not Acceptable Here``. A caller that does not ACK our 200 OK within ``handshake_timeout_s``
+is hung up (``call_errors{code="ack_timeout"}``): its session and pjsua2's call slot are freed
+then, not after pjsip's 32 s ACK timeout.
 
 Access: ``sip_allowed_sources`` (IPs, CIDRs) limits who may call; an INVITE from elsewhere gets
 ``403 Forbidden`` from the endpoint before any call (``calls_rejected{reason="forbidden"}``).
@@ -121,6 +123,8 @@ class SipLeg(OutputLeg):
         self._out = pipe
         self._closed = False
         self._over = asyncio.Event()
+        self.acknowledged = asyncio.Event()
+        """The caller's ACK for our 200 OK came: the call is established."""
         self._transfer: asyncio.Future[tuple[int, str]] | None = None
 
     def attach(self, call: Call) -> None:
@@ -149,6 +153,19 @@ class SipLeg(OutputLeg):
     async def over(self) -> None:
         """Return once either side has hung up."""
         await self._over.wait()
+
+    async def wait_for_ack(self, timeout_s: float) -> bool:
+        """True once the caller acknowledged our 200 OK; False if it did not in ``timeout_s``
+        (or hung up first). Without it the call is not established, and pjsip would keep it,
+        and one of the build's four call slots, for its 32 s ACK timeout."""
+        ack = asyncio.ensure_future(self.acknowledged.wait())
+        over = asyncio.ensure_future(self._over.wait())
+        try:
+            await asyncio.wait({ack, over}, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            ack.cancel()
+            over.cancel()
+        return self.acknowledged.is_set()
 
     async def transfer(self, target: str) -> bool:
         """Blind transfer by REFER; True once the caller's side reports the target answered."""
@@ -184,8 +201,9 @@ class SipLeg(OutputLeg):
 class SipServer:
     """Runs the pjsua2 endpoint and turns its calls into calls; the endpoint's listener."""
 
-    def __init__(self, calls: CallStarter, config: EndpointConfig) -> None:
+    def __init__(self, calls: CallStarter, config: EndpointConfig, *, ack_timeout_s: float = 5.0) -> None:
         self.calls = calls
+        self.ack_timeout_s = ack_timeout_s
         self.endpoint = SipEndpoint(self, config)
         self._legs: dict[int, SipLeg] = {}
         self._no_calls = asyncio.Event()
@@ -197,6 +215,11 @@ class SipServer:
     def port(self) -> int | None:
         """The bound SIP port (UDP and TCP) once started."""
         return self.endpoint.port
+
+    @property
+    def calls_in_progress(self) -> int:
+        """SIP calls pjsua2 still holds (ringing, answered or hanging up): its slots in use."""
+        return len(self._legs)
 
     async def start(self) -> None:
         await self.endpoint.start()
@@ -262,6 +285,12 @@ class SipServer:
                         self._error("answer_failed")
                         await call.end("error")
                     return
+                if not await leg.wait_for_ack(self.ack_timeout_s):
+                    if not leg.gone:  # no ACK in time: hang up now, the slot is free at once
+                        self._error("ack_timeout")
+                        log.info("sip call not acknowledged", extra={**extra, "call_id": call.id})
+                        await call.end("error")
+                    return
                 await leg.over()
         except EndpointClosed:
             log.info("sip endpoint stopped during a call", extra=extra)
@@ -282,6 +311,11 @@ class SipServer:
             return
         leg.far_end_gone()  # its task leaves the admitted block, which hangs the call up
         log.info("sip call ended", extra={"sip_call": key, "status": status, "reason": reason})
+
+    def confirmed(self, key: int) -> None:
+        leg = self._legs.get(key)
+        if leg is not None:
+            leg.acknowledged.set()
 
     def dtmf(self, key: int, digit: str) -> None:
         leg = self._legs.get(key)
@@ -371,7 +405,7 @@ def setup(app: web.Application, calls: CallStarter, settings: Settings) -> None:
         allowed_sources=parse_sources(settings.sip_allowed_sources),
         registration=registration(settings),
     )
-    server = SipServer(calls, config)
+    server = SipServer(calls, config, ack_timeout_s=settings.handshake_timeout_s)
     app[SIP] = server
     if not settings.sip_enabled:
         return

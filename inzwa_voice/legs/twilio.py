@@ -30,14 +30,20 @@ Transfer. A Media Stream cannot move its call, so the voice webhook's TwiML is
 action URL for the call's next TwiML. A transfer (DTMF 0, a request for a person, a crisis)
 leaves the target in a bounded, expiring book under the call's CallSid, records a
 ``transfer_result`` and ends the call as ``transferred``; the action then answers ``<Dial>`` to
-the target. Any other end of the stream is answered ``<Hangup/>``.
+the target. Any other end of the stream is answered ``<Hangup/>``. The ``<Dial>``'s own action
+is the same URL: once the dial is over Twilio posts its ``DialCallStatus`` there, which becomes
+the call's last ``transfer_result`` (``ok`` when a person answered, ``reason`` ``dial <status>``).
 
 Authentication. With ``twilio_auth_token`` set, every route requires ``X-Twilio-Signature``:
-base64(HMAC-SHA1(auth token, URL + each POST parameter's name and value, sorted by name)). The
-WebSocket upgrade is signed over its URL alone and is refused with 403 before upgrading. The
-URL is the one Twilio used: ``twilio_public_url`` + the request path, or, without it, the
-request's own URL with ``X-Forwarded-Proto`` / ``X-Forwarded-Host`` from a TLS-terminating
-proxy.
+base64(HMAC-SHA1(auth token, URL + each POST parameter's name and value, sorted by name)). A
+request without the header is refused before its body is read, and a form is read only up to
+``MAX_FORM_BYTES`` (64 KiB). The WebSocket upgrade is signed over its URL alone and is refused
+with 403 before upgrading; since that URL is the same for every call, the voice webhook's TwiML
+also carries a per-call token (``<Parameter name="token">``, HMAC of the CallSid and an expiry,
+:func:`~inzwa_voice.legs.twilio_protocol.stream_token`), which the ``start`` message must bring
+back for its own CallSid, once (else close 4401 ``invalid_stream_token``). The URL is the one
+Twilio used: ``twilio_public_url`` + the request path, or, without it, the request's own URL
+with ``X-Forwarded-Proto`` / ``X-Forwarded-Host`` from a TLS-terminating proxy.
 
 Errors. Twilio has no channel for our errors, so every problem is logged and counted in
 ``inzwa_call_errors{leg="twilio", code}`` and never touches another call. Once the call has
@@ -52,7 +58,7 @@ anything but ``connected`` then ``start`` is fatal. Close codes:
   as ``transport_error``);
 * 1013: the gateway is at its call limit or draining (``overloaded``, ``draining``);
 * 4400: the stream broke the protocol before the call started: ``not_started`` (another event
-  first, or closed first), ``start_timeout`` (no ``start`` within 10 s), ``bad_start`` (no
+  first, or closed first), ``start_timeout`` (no ``start`` within ``handshake_timeout_s``), ``bad_start`` (no
   ``start`` object or ``streamSid``), ``unsupported_media_format`` (not μ-law 8 kHz mono).
 """
 
@@ -61,18 +67,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
+from collections import OrderedDict
 from typing import Final
+from urllib.parse import parse_qsl
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from inzwa_voice.config import Settings
 from inzwa_voice.conversation.ports import Call, CallRejected, CallStarter
-from inzwa_voice.core import PCM16, PIPELINE_RATE, LegKind
+from inzwa_voice.core import PCM16, PIPELINE_RATE, CallInfo, LegKind
 from inzwa_voice.errors import ApiError
 from inzwa_voice.legs import twilio_protocol as protocol
 from inzwa_voice.legs.admission import admitted
 from inzwa_voice.legs.base import ProtocolError
-from inzwa_voice.legs.handoffs import Handoffs, hand_off
+from inzwa_voice.legs.bodies import read_bounded
+from inzwa_voice.legs.handoffs import Handoffs, hand_off, record_transfer
 from inzwa_voice.legs.paced import CallerAudio
 from inzwa_voice.legs.twilio_protocol import SAMPLE_RATE
 from inzwa_voice.media.g711 import ulaw_decode, ulaw_encode
@@ -85,8 +95,16 @@ log = logging.getLogger(__name__)
 VOICE_PATH: Final = "/v1/twilio/voice"
 MEDIA_PATH: Final = "/v1/twilio/media"
 ACTION_PATH: Final = "/v1/twilio/action"
+DIAL_ANSWERED: Final = frozenset({"completed", "answered"})
+"""``DialCallStatus`` values of a ``<Dial>`` that reached a person."""
 MAX_MESSAGE_BYTES: Final = 64 * 1024
-START_TIMEOUT_S: Final = 10.0
+MAX_FORM_BYTES: Final = 64 * 1024
+"""Twilio's webhook forms are a few KiB: a bigger body is refused before the signature check
+needs it parsed."""
+STREAM_TOKEN_TTL_S: Final = 300
+"""How long the TwiML's per-call stream token stays valid: Twilio connects the stream at once."""
+MAX_USED_STREAM_TOKENS: Final = 10_000
+CLOSE_AUTH: Final = 4401
 HEARTBEAT_S: Final = 30.0
 LEAD_FRAMES: Final = 3
 """Frames sent ahead of real time: Twilio starts playing with something buffered."""
@@ -237,6 +255,7 @@ class TwilioRoutes:
         self.calls = calls
         self.settings = settings
         self.handoffs = Handoffs()
+        self._used_stream_tokens: OrderedDict[str, None] = OrderedDict()
 
     def _public_base(self, request: web.Request, *, websocket: bool) -> str:
         """Scheme, host and any path prefix under which Twilio reaches this gateway."""
@@ -258,34 +277,92 @@ class TwilioRoutes:
             return
         url = self._public_base(request, websocket=websocket) + request.raw_path
         presented = request.headers.get("X-Twilio-Signature", "")
-        if not protocol.signature_matches(presented, token, url, (params or {}).items()):
-            self.calls.metrics.call_errors.labels("twilio", "invalid_signature").inc()
-            log.warning("twilio signature mismatch", extra={"path": request.path, "remote": request.remote})
-            raise ApiError(
-                "X-Twilio-Signature is missing or does not sign this request",
-                status=403,
-                type="authentication_error",
-                code="invalid_signature",
-            )
+        if not (presented and protocol.signature_matches(presented, token, url, (params or {}).items())):
+            raise self._refused(request, "invalid_signature")
 
-    async def voice_webhook(self, request: web.Request) -> web.Response:
-        fields = await self._form(request)
-        self._authenticate(request, websocket=False, params=fields)
-        stream_url = self._public_base(request, websocket=True) + MEDIA_PATH
-        action_url = self._public_base(request, websocket=False) + ACTION_PATH
-        return web.Response(
-            text=protocol.twiml(stream_url, protocol.stream_parameters(fields), action_url), content_type="text/xml"
+    def _refused(self, request: web.Request, code: str) -> ApiError:
+        self.calls.metrics.call_errors.labels("twilio", code).inc()
+        log.warning("twilio signature mismatch", extra={"path": request.path, "remote": request.remote})
+        return ApiError(
+            "X-Twilio-Signature is missing or does not sign this request",
+            status=403,
+            type="authentication_error",
+            code=code,
         )
 
-    async def connect_action(self, request: web.Request) -> web.Response:
-        """The stream ended: ``<Dial>`` to the target if the call asked for a transfer, else ``<Hangup/>``."""
+    async def _signed_form(self, request: web.Request) -> dict[str, str]:
+        """The webhook's form, once it can be signed: no signature header, no body read."""
+        if self.settings.twilio_auth_token and not request.headers.get("X-Twilio-Signature"):
+            raise self._refused(request, "invalid_signature")
         fields = await self._form(request)
         self._authenticate(request, websocket=False, params=fields)
+        return fields
+
+    async def voice_webhook(self, request: web.Request) -> web.Response:
+        fields = await self._signed_form(request)
+        busy = self._busy(fields)
+        if busy is not None:
+            return busy
+        stream_url = self._public_base(request, websocket=True) + MEDIA_PATH
+        action_url = self._public_base(request, websocket=False) + ACTION_PATH
+        parameters = protocol.stream_parameters(fields)
+        auth_token = self.settings.twilio_auth_token
+        if auth_token:
+            expires = int(time.time()) + STREAM_TOKEN_TTL_S
+            token = protocol.stream_token(auth_token, parameters["callSid"], expires)
+            parameters[protocol.STREAM_TOKEN_PARAMETER] = token
+        return web.Response(text=protocol.twiml(stream_url, parameters, action_url), content_type="text/xml")
+
+    def _busy(self, fields: dict[str, str]) -> web.Response | None:
+        """Beyond capacity: TwiML that says the profile's busy message and hangs up (or dials
+        the profile's people), instead of a stream the gateway would refuse."""
+        info = CallInfo(leg="twilio", caller=fields.get("From", ""), dialled=fields.get("To", ""))
+        refused = self.calls.refusal(info)
+        if refused is None:
+            return None
+        self.calls.metrics.calls_rejected.labels("twilio", refused.code).inc()
+        log.info("twilio call refused", extra={"reason": refused.code, "call_sid": fields.get("CallSid", "")[:64]})
+        return web.Response(text=protocol.busy_twiml(refused.say, refused.transfer_target), content_type="text/xml")
+
+    def _check_stream_token(self, start: protocol.Start) -> None:
+        """With an auth token, ``start`` must bring back the token the webhook issued for its
+        CallSid, unexpired and not used before (Twilio opens one stream per ``<Stream>``)."""
+        auth_token = self.settings.twilio_auth_token
+        if not auth_token:
+            return
+        token = start.info.params.get(protocol.STREAM_TOKEN_PARAMETER, "")
+        call_sid = start.info.external_id
+        if not protocol.stream_token_valid(token, auth_token, call_sid, time.time()) or (
+            token in self._used_stream_tokens
+        ):
+            raise ProtocolError("invalid_stream_token", "start has no valid per-call token for its CallSid", CLOSE_AUTH)
+        self._used_stream_tokens[token] = None
+        while len(self._used_stream_tokens) > MAX_USED_STREAM_TOKENS:
+            self._used_stream_tokens.popitem(last=False)
+
+    async def connect_action(self, request: web.Request) -> web.Response:
+        """The stream ended: ``<Dial>`` to the target if the call asked for a transfer, else
+        ``<Hangup/>``. The ``<Dial>`` posts back here once it is over, with ``DialCallStatus``:
+        that outcome goes into the call's record, and Twilio is told to hang up."""
+        fields = await self._signed_form(request)
         call_sid = fields.get("CallSid", "")
         target = self.handoffs.get(call_sid) if call_sid else None
+        status = fields.get("DialCallStatus")
+        if status is not None:
+            await self._dial_over(call_sid, target, status[:32])
+            return web.Response(text=protocol.hangup_twiml(), content_type="text/xml")
         log.info("twilio connect action", extra={"call_sid": call_sid[:64], "transfer_target": target})
-        text = protocol.dial_twiml(target) if target else protocol.hangup_twiml()
+        action_url = self._public_base(request, websocket=False) + ACTION_PATH
+        text = protocol.dial_twiml(target, action_url) if target else protocol.hangup_twiml()
         return web.Response(text=text, content_type="text/xml")
+
+    async def _dial_over(self, call_sid: str, target: str | None, status: str) -> None:
+        """Twilio's ``<Dial>`` ended: ``completed`` (or ``answered``) when a person took the
+        caller; ``busy``, ``no-answer``, ``failed`` or ``canceled`` when nobody did."""
+        log.info("twilio dial over", extra={"call_sid": call_sid[:64], "transfer_target": target, "status": status})
+        call = self.handoffs.call(call_sid) if call_sid else None
+        if target is not None:
+            await record_transfer(call, target, ok=status in DIAL_ANSWERED, reason=f"dial {status}")
 
     @staticmethod
     async def _form(request: web.Request) -> dict[str, str]:
@@ -295,15 +372,19 @@ class TwilioRoutes:
                 status=415,
                 code="unsupported_media_type",
             )
-        form = await request.post()
-        return {name: value for name, value in form.items() if isinstance(value, str)}
+        body = await read_bounded(request, MAX_FORM_BYTES)
+        try:
+            return dict(parse_qsl(body.decode(), keep_blank_values=True))
+        except UnicodeDecodeError:
+            raise ApiError("the form is not UTF-8", code="invalid_form") from None
 
     async def media_stream(self, request: web.Request) -> web.WebSocketResponse:
         self._authenticate(request, websocket=True)
         ws = web.WebSocketResponse(heartbeat=HEARTBEAT_S, max_msg_size=MAX_MESSAGE_BYTES)
         await ws.prepare(request)
         try:
-            start = await _receive_start(ws)
+            start = await _receive_start(ws, self.settings.handshake_timeout_s)
+            self._check_stream_token(start)
         except ProtocolError as exc:
             self.calls.metrics.call_errors.labels("twilio", exc.code).inc()
             log.warning("twilio stream refused", extra={"code": exc.code, "error": str(exc)})
@@ -353,10 +434,10 @@ class TwilioRoutes:
                 return
 
 
-async def _receive_start(ws: web.WebSocketResponse) -> protocol.Start:
+async def _receive_start(ws: web.WebSocketResponse, timeout_s: float) -> protocol.Start:
     """Skip ``connected``, parse ``start``; anything else first breaks the protocol."""
     try:
-        async with asyncio.timeout(START_TIMEOUT_S):
+        async with asyncio.timeout(timeout_s):
             while True:
                 msg = await ws.receive()
                 what = f"a {msg.type.name.lower()} message"
@@ -375,7 +456,7 @@ async def _receive_start(ws: web.WebSocketResponse) -> protocol.Start:
                         what = f"event {type(message).__name__.lower()!r}"
                     raise ProtocolError("not_started", f"{what} came before start")
     except TimeoutError:
-        raise ProtocolError("start_timeout", f"no start message within {START_TIMEOUT_S:.0f} s") from None
+        raise ProtocolError("start_timeout", f"no start message within {timeout_s:g} s") from None
 
 
 def add_routes(app: web.Application, calls: CallStarter, settings: Settings) -> None:

@@ -58,6 +58,31 @@ def signature_matches(presented: str, auth_token: str, url: str, params: Iterabl
     return hmac.compare_digest(presented.encode(), signature(auth_token, url, params).encode())
 
 
+STREAM_TOKEN_PARAMETER: Final = "token"
+"""The ``<Parameter>`` that carries a stream's per-call token back in ``start.customParameters``."""
+
+
+def stream_token(auth_token: str, call_sid: str, expires: int) -> str:
+    """A per-call token for the media stream: ``<expiry>.<HMAC-SHA256(auth token, CallSid, expiry)>``.
+
+    Twilio signs the stream's WebSocket upgrade over its URL alone, which is the same for every
+    call, so that signature proves only that Twilio once called. The token rides in the TwiML's
+    ``<Parameter>``s, which only the signed webhook's answer carries, and comes back in the
+    ``start`` message, bound to that call's CallSid and an expiry.
+    """
+    data = f"inzwa-stream.{call_sid}.{expires}".encode()
+    digest = hmac.new(auth_token.encode(), data, hashlib.sha256).digest()
+    return f"{expires}.{base64.urlsafe_b64encode(digest).rstrip(b'=').decode()}"
+
+
+def stream_token_valid(token: str, auth_token: str, call_sid: str, now: float) -> bool:
+    """Whether ``token`` was issued for ``call_sid`` with this auth token and has not expired."""
+    expires, _, _ = token.partition(".")
+    if not (expires.isascii() and expires.isdigit()) or len(expires) > 12 or int(expires) < now:
+        return False
+    return hmac.compare_digest(token.encode(), stream_token(auth_token, call_sid, int(expires)).encode())
+
+
 # Characters XML 1.0 cannot hold at all, not even escaped (``&#1;`` is ill-formed too), and the
 # other control characters, which no number or sid has: ElementTree would copy them into the
 # TwiML as they are, and Twilio could not parse the answer.
@@ -84,11 +109,30 @@ def twiml(stream_url: str, parameters: Mapping[str, str], action_url: str) -> st
     return _document(response)
 
 
-def dial_twiml(target: str) -> str:
-    """``<Dial>`` to a transfer target: ``<Sip>`` for a ``sip:`` URI, else ``<Number>``."""
+def dial_twiml(target: str, action_url: str | None = None) -> str:
+    """``<Dial>`` to a transfer target: ``<Sip>`` for a ``sip:`` URI, else ``<Number>``. With
+    ``action_url``, Twilio posts how the dial went (``DialCallStatus``) there once it is over."""
     response = ElementTree.Element("Response")
+    _dial(response, target, action_url)
+    return _document(response)
+
+
+def _dial(response: ElementTree.Element, target: str, action_url: str | None = None) -> None:
     noun = "Sip" if target.lower().startswith("sip:") else "Number"
-    ElementTree.SubElement(ElementTree.SubElement(response, "Dial"), noun).text = _NOT_XML_TEXT.sub("", target)
+    dial = ElementTree.SubElement(response, "Dial", {"action": action_url} if action_url else {})
+    ElementTree.SubElement(dial, noun).text = _NOT_XML_TEXT.sub("", target)
+
+
+def busy_twiml(say: str, target: str | None) -> str:
+    """A call refused before its stream: ``<Say>`` the busy message, then ``<Dial>`` the
+    transfer target (people may take it) or ``<Hangup/>``."""
+    response = ElementTree.Element("Response")
+    if say:
+        ElementTree.SubElement(response, "Say").text = _NOT_XML_TEXT.sub("", say)
+    if target:
+        _dial(response, target)
+    else:
+        ElementTree.SubElement(response, "Hangup")
     return _document(response)
 
 

@@ -26,7 +26,9 @@ channel opens (``session.started``, the greeting's) are held, boundedly, and sen
 Lifecycle and errors. The offer is checked before any peer exists where it can be (body, token,
 peer limit, SDP), and every later refusal closes the peer it made: 400 ``invalid_sdp``,
 ``no_audio``, ``no_common_codec``; 401 ``missing_token``, ``invalid_token``,
-``expired_token`` (only with API keys configured); 503 ``too_many_peers`` beyond
+``expired_token`` (only with keys configured: a token from ``/v1/webrtc/token`` or, for the
+built-in widget, ``/widget/token``, in ``Authorization: Bearer`` (checked before the body is
+read) or the body's ``token``); 413 for a body over ``MAX_OFFER_BYTES``; 503 ``too_many_peers`` beyond
 ``webrtc_max_peers``, or the call manager's ``overloaded``/``draining``. The call is admitted
 in a task that lives as long as it (the HTTP request ends with the answer): it holds the one
 admission path open until the peer connection closes or fails, the peer has not connected
@@ -70,6 +72,7 @@ from inzwa_voice.errors import ApiError
 from inzwa_voice.legs import webrtc_signalling as signalling
 from inzwa_voice.legs.admission import admitted
 from inzwa_voice.legs.base import json_object
+from inzwa_voice.legs.bodies import read_bounded
 from inzwa_voice.legs.paced import CallerAudio, OutputLeg
 from inzwa_voice.legs.webrtc_tokens import CallTokens
 from inzwa_voice.media.playout import Playout
@@ -77,6 +80,9 @@ from inzwa_voice.media.resample import Resampler
 from inzwa_voice.telemetry import Metrics
 
 log = logging.getLogger(__name__)
+
+MAX_OFFER_BYTES: Final = signalling.MAX_SDP_CHARS + 16 * 1024
+"""An offer's body: its SDP (at most ``MAX_SDP_CHARS``) and a few short fields, JSON-escaped."""
 
 OPUS_RATE: Final = 48000
 OPUS_FRAME_SAMPLES: Final = OPUS_RATE * FRAME_MS // 1000
@@ -222,7 +228,10 @@ class WebRTCLeg(OutputLeg):
         await asyncio.gather(*others, return_exceptions=True)
         self.track.stop()
         await self._close_channel()
-        await self.pc.close()
+        try:
+            await self.pc.close()
+        except Exception:  # aiortc cannot close a peer whose offer it failed to answer (fuzzing found it)
+            log.info("webrtc peer close failed", exc_info=True)
         self._forget(self)
         log.info("webrtc peer closed", extra={"call_id": self.call.id if self.call else None, "reason": reason})
 
@@ -393,12 +402,16 @@ async def _answer(leg: WebRTCLeg, offer: str) -> tuple[RTCSessionDescription, Me
         await leg.pc.setRemoteDescription(RTCSessionDescription(sdp=offer, type="offer"))
     except OperationError as exc:
         raise signalling.sdp_error("no_common_codec", f"no codec in common: {exc}") from None
-    except (ValueError, InvalidStateError) as exc:
-        raise signalling.sdp_error("invalid_sdp", f"the offer cannot be applied: {exc}") from None
+    except Exception as exc:  # the offer is all it reads: its parser's asserts, KeyErrors, ValueErrors
+        raise signalling.sdp_error("invalid_sdp", f"the offer cannot be applied: {exc!r}") from None
     for other in leg.pc.getTransceivers():
         if other is not transceiver:
             other.direction = "inactive"
-    await leg.pc.setLocalDescription(await leg.pc.createAnswer())  # returns once ICE gathering is complete
+    try:
+        answer = await leg.pc.createAnswer()
+    except Exception as exc:  # an offer aiortc took but cannot answer (fuzzing found some)
+        raise signalling.sdp_error("invalid_sdp", f"the offer cannot be answered: {exc!r}") from None
+    await leg.pc.setLocalDescription(answer)  # returns once ICE gathering is complete
     return leg.pc.localDescription, transceiver.receiver.track
 
 
@@ -407,21 +420,48 @@ async def token(request: web.Request) -> web.Response:
     return web.json_response({"token": tokens.issue(), "expires_in": tokens.ttl_s})
 
 
+async def widget_token(request: web.Request) -> web.Response:
+    """``POST /widget/token``: a short-lived call token for the built-in widget, without a key.
+
+    The page a browser loads cannot hold a key, so with keys on the widget would have no way to
+    call; this route gives it what ``/v1/webrtc/token`` gives a key holder, for
+    ``widget_token_ttl_s`` only, and the middleware limits it per client address
+    (``widget_tokens_per_minute``; 0 closes it).
+    """
+    state = request.app[WEBRTC]
+    ttl_s = state.settings.widget_token_ttl_s
+    return web.json_response({"token": state.tokens.issue(ttl_s=ttl_s), "expires_in": ttl_s})
+
+
+def _bearer(request: web.Request) -> str | None:
+    header = request.headers.get("Authorization", "")
+    return header[7:].strip() if header.lower().startswith("bearer ") else None
+
+
 async def offer(request: web.Request) -> web.Response:
     state = request.app[WEBRTC]
     try:
-        body = signalling.parse_offer(request.content_type, await request.read())
-        return await _start_call(state, body)
+        # A call token in the Authorization header is checked before the body is read; one in
+        # the body (older pages) only after a read bounded to what an offer can hold.
+        header_token = _bearer(request)
+        if _keys_on(state.settings) and header_token is not None:
+            signalling.check_token(state.tokens, header_token)
+        body = signalling.parse_offer(request.content_type, await read_bounded(request, MAX_OFFER_BYTES))
+        return await _start_call(state, body, header_token)
     except ApiError as exc:
         if exc.status < 500:
             state.calls.metrics.call_errors.labels("webrtc", str(exc.code)).inc()
         raise
 
 
-async def _start_call(state: WebRTCState, body: signalling.OfferRequest) -> web.Response:
+def _keys_on(settings: Settings) -> bool:
+    return bool(settings.api_keys or settings.admin_keys)
+
+
+async def _start_call(state: WebRTCState, body: signalling.OfferRequest, header_token: str | None) -> web.Response:
     """Admit the offer or raise ``ApiError``; no peer outlives a refusal."""
     settings, calls = state.settings, state.calls
-    if settings.api_keys:
+    if _keys_on(settings) and header_token is None:
         signalling.check_token(state.tokens, body.token)
     if len(state.peers) >= settings.webrtc_max_peers:
         calls.metrics.calls_rejected.labels("webrtc", "too_many_peers").inc()
@@ -435,13 +475,12 @@ async def _start_call(state: WebRTCState, body: signalling.OfferRequest) -> web.
     except BaseException:
         await leg.close("refused")
         raise
-    log.info("webrtc call", extra={"call_id": call.id})
     return web.json_response(signalling.answer_body(answer.sdp, call.id))
 
 
 # The widget is embedded on the helpline's own site and calls the gateway from that origin. Any
 # origin may: these routes are authorised by a bearer key or a call token, never by cookies.
-CORS_PATHS = ("/v1/webrtc/token", "/v1/webrtc/offer")
+CORS_PATHS = ("/v1/webrtc/token", "/v1/webrtc/offer", "/widget/token")
 _CORS = {"Access-Control-Allow-Origin": "*"}
 
 
@@ -489,6 +528,7 @@ def setup(app: web.Application, calls: CallStarter, settings: Settings) -> None:
     )
     app.router.add_post("/v1/webrtc/token", token)
     app.router.add_post("/v1/webrtc/offer", offer)
+    app.router.add_post("/widget/token", widget_token)
     for path in CORS_PATHS:
         app.router.add_route("OPTIONS", path, preflight)
     app.on_response_prepare.append(allow_any_origin)

@@ -13,7 +13,8 @@ by failing with an exception no caller should see):
   otherwise ``invalid_sdp``;
 * for every media section: ICE credentials (``ice-ufrag``, ``ice-pwd``), a DTLS
   ``fingerprint`` and ``setup`` role, a ``mid``; RTP sections also ``rtcp-mux``
-  (session-level attributes count for every section); otherwise ``invalid_sdp``;
+  (session-level attributes count for every section) and their own direction
+  (``sendrecv``, ``sendonly``, ``recvonly`` or ``inactive``); otherwise ``invalid_sdp``;
 * an audio m-line (the caller's microphone), otherwise ``no_audio``; the first one carries
   the call, and must offer Opus at 48 kHz, the one codec the gateway speaks, otherwise
   ``no_common_codec``.
@@ -25,6 +26,7 @@ page with none is still reached through peer-reflexive candidates once it checks
 from __future__ import annotations
 
 import ipaddress
+import re
 from dataclasses import dataclass, field
 from typing import Final, Literal, Protocol
 
@@ -42,6 +44,9 @@ RETRY_AFTER_S: Final = "1"
 """A refused offer may come again at once: peers and calls free up within seconds."""
 _DTLS_ROLES: Final = frozenset({"actpass", "active", "passive"})
 _RTP_KINDS: Final = frozenset({"audio", "video"})
+_DIRECTIONS: Final = ("sendrecv", "sendonly", "recvonly", "inactive")
+_M_LINE: Final = re.compile(r"([^ ]+) [0-9]+ [A-Z/]+ (.+)")
+"""An m-line's value as aiortc reads it: one space apart, a plain port, an upper-case proto."""
 
 
 class OfferRequest(BaseModel):
@@ -118,10 +123,10 @@ def _parse(text: str) -> tuple[dict[str, list[str]], list[MediaSection]]:
         if not ("a" <= kind <= "z" and equals == "="):
             raise sdp_error("invalid_sdp", f"sdp line {number} is not of the form <letter>=<value>")
         if kind == "m":
-            words = value.split()
-            if len(words) < 4 or not words[1].split("/")[0].isdigit():
+            m_line = _M_LINE.fullmatch(value)
+            if m_line is None:
                 raise sdp_error("invalid_sdp", f"sdp line {number} is not an m-line: m=<media> <port> <proto> <fmt>")
-            media.append(MediaSection(words[0], words[3:]))
+            media.append(MediaSection(m_line[1], m_line[2].split()))
         elif kind == "a":
             name, _, attribute = value.partition(":")
             attributes = media[-1].attributes if media else session
@@ -142,6 +147,9 @@ def check_offer(text: str) -> None:
         ]
         if section.kind in _RTP_KINDS and section.attribute("rtcp-mux", session) is None:
             missing.append("rtcp-mux")
+        # aiortc reads the direction of a media section only, and fails on one without it.
+        if section.kind in _RTP_KINDS and not any(d in section.attributes for d in _DIRECTIONS):
+            missing.append("sendrecv (or sendonly, recvonly, inactive)")
         if missing:
             raise sdp_error("invalid_sdp", f"m-line {index + 1} ({section.kind}) lacks a={', a='.join(missing)}")
         if section.attribute("setup", session) not in _DTLS_ROLES:

@@ -37,8 +37,9 @@ class CallTokens:
         digest = hmac.new(self._key, f"{_VERSION}.{expires}".encode(), hashlib.sha256).digest()
         return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
 
-    def issue(self, now: float | None = None) -> str:
-        expires = int(time.time() if now is None else now) + self.ttl_s
+    def issue(self, now: float | None = None, ttl_s: int | None = None) -> str:
+        """A token valid for ``ttl_s`` (default: the signer's lifetime)."""
+        expires = int(time.time() if now is None else now) + (self.ttl_s if ttl_s is None else ttl_s)
         return f"{_VERSION}.{expires}.{self._sign(expires)}"
 
     def check(self, token: str | None, now: float | None = None) -> None:

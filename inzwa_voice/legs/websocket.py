@@ -12,7 +12,8 @@ from __future__ import annotations
 import contextlib
 import hmac
 import logging
-from typing import Any, Final
+from dataclasses import dataclass
+from typing import Any, Final, Literal
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
@@ -29,7 +30,6 @@ log = logging.getLogger(__name__)
 PATH: Final = "/v1/ws"
 SAMPLE_RATES: Final = (8000, 16000, 24000, 48000)
 MAX_MESSAGE_BYTES: Final = 64 * 1024
-START_TIMEOUT_S: Final = 10.0
 HEARTBEAT_S: Final = 30.0
 
 # Close codes beyond RFC 6455's: 4400 protocol violation (legs.base), 4401 authentication failed.
@@ -64,9 +64,10 @@ class WebSocketLeg(OutputLeg):
 
 def parse_start(data: dict[str, Any], settings: Settings) -> tuple[CallInfo, int]:
     """The call and the client's sample rate from its ``start`` message."""
-    if settings.api_keys:
+    keys = settings.api_keys + settings.admin_keys  # starting a call is an API key's right, and an admin's
+    if keys:
         presented = str(data.get("auth") or "")
-        if not any(presented and hmac.compare_digest(presented.encode(), k.encode()) for k in settings.api_keys):
+        if not any(presented and hmac.compare_digest(presented.encode(), k.encode()) for k in keys):
             raise ProtocolError("unauthorized", "start.auth is missing or not a valid API key", CLOSE_AUTH)
     if data.get("codec", "pcm16") != "pcm16":
         raise ProtocolError("unsupported_codec", "codec must be 'pcm16'")
@@ -82,11 +83,37 @@ def parse_start(data: dict[str, Any], settings: Settings) -> tuple[CallInfo, int
     return info, int(rate)
 
 
+@dataclass(frozen=True, slots=True)
+class Control:
+    """A control message after ``start``: hang up, a keypad digit, or "my turn is over"."""
+
+    kind: Literal["stop", "dtmf", "end_turn"]
+    digit: str = ""
+
+
+def parse_control(text: str) -> Control:
+    """One control message; a :class:`ProtocolError` the call survives (an ``error`` event with
+    ``recoverable: true``): ``invalid_json``, ``bad_dtmf`` (not one keypad digit) or ``unknown_type``."""
+    data = json_object(text)
+    if data is None:
+        raise ProtocolError("invalid_json", "control messages must be JSON objects")
+    kind = data.get("type")
+    if kind == "dtmf":
+        digit = data.get("digit")
+        if not (isinstance(digit, str) and digit in DTMF_DIGITS):
+            raise ProtocolError("bad_dtmf", "dtmf.digit must be one keypad digit: 0-9, * or #")
+        return Control("dtmf", digit)
+    if kind == "stop" or kind == "end_turn":
+        return Control(kind)
+    raise ProtocolError("unknown_type", f"unknown message type {str(kind)[:40]!r}")
+
+
 async def _receive_start(ws: web.WebSocketResponse, settings: Settings) -> tuple[CallInfo, int]:
+    deadline = settings.handshake_timeout_s
     try:
-        msg = await ws.receive(timeout=START_TIMEOUT_S)
+        msg = await ws.receive(timeout=deadline)
     except TimeoutError:
-        raise ProtocolError("start_timeout", f"no start message within {START_TIMEOUT_S:.0f} s") from None
+        raise ProtocolError("start_timeout", f"no start message within {deadline:g} s") from None
     if msg.type == WSMsgType.BINARY:
         raise ProtocolError("not_started", "binary audio before the start message")
     if msg.type != WSMsgType.TEXT:
@@ -154,24 +181,19 @@ class WebSocketRoutes:
                     return
                 audio.push(pcm)
             elif msg.type == WSMsgType.TEXT:
-                data = json_object(msg.data)
-                kind = data.get("type") if data else None
-                if data is None:
-                    await recoverable("invalid_json", "control messages must be JSON objects")
-                elif kind == "stop":
+                try:
+                    control = parse_control(msg.data)
+                except ProtocolError as exc:
+                    await recoverable(exc.code, str(exc))
+                    continue
+                if control.kind == "stop":
                     await call.end("caller_hangup")
                     return
-                elif kind == "dtmf":
-                    digit = data.get("digit")
-                    if isinstance(digit, str) and digit in DTMF_DIGITS:
-                        call.dtmf(digit)
-                    else:
-                        await recoverable("bad_dtmf", "dtmf.digit must be one keypad digit: 0-9, * or #")
-                elif kind == "end_turn":
+                if control.kind == "dtmf":
+                    call.dtmf(control.digit)
+                else:
                     audio.flush()
                     call.end_turn()
-                else:
-                    await recoverable("unknown_type", f"unknown message type {str(kind)[:40]!r}")
             elif msg.type == WSMsgType.ERROR:
                 log.info("websocket error", extra={"call_id": call.id, "error": str(ws.exception())})
                 return

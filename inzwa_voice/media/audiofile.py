@@ -57,6 +57,8 @@ _CONTENT_TYPES: Final[Mapping[ResponseFormat, str]] = {
 }
 
 _PCM16_RATES: Final = range(8000, 48001)
+MAX_CHANNELS: Final = 8
+"""Most channels an upload may have (7.1); frames with more are skipped as damaged."""
 
 # Demuxers an upload may be read with. Without this list ffmpeg would also accept playlists
 # (HLS, concat) that make it open other files or URLs, and subtitle or image formats.
@@ -277,7 +279,11 @@ def decode_audio(data: bytes, *, target_rate: int = 16000, max_seconds: float) -
     if not data:
         raise AudioDecodeError("the audio file is empty")
     try:
-        container = av.open(io.BytesIO(data), "r", options={"format_whitelist": _UPLOAD_DEMUXERS})
+        # Tags (ID3, Vorbis comments) are not read, but opening decodes them: "replace" keeps a
+        # tag that is not UTF-8 from failing the upload.
+        container = av.open(
+            io.BytesIO(data), "r", options={"format_whitelist": _UPLOAD_DEMUXERS}, metadata_errors="replace"
+        )
     except av.FFmpegError as exc:
         raise AudioDecodeError("the file is not a supported audio format") from exc
     with container:
@@ -304,6 +310,8 @@ def _decode_mono(container: av.container.InputContainer, target_rate: int, max_s
             _check_duration(seconds, max_seconds)
             if stream is None:
                 stream = soxr.ResampleStream(frame.sample_rate, target_rate, 1, dtype="float32")
+            if len(frame.planes) != frame.layout.nb_channels:  # to_ndarray would read past the frame
+                raise AudioDecodeError("the audio data is corrupt: its channels do not match its layout")
             mono = frame.to_ndarray().mean(axis=0, dtype=np.float32)
             chunks.append(stream.resample_chunk(mono))
     if stream is not None:
@@ -312,17 +320,24 @@ def _decode_mono(container: av.container.InputContainer, target_rate: int, max_s
 
 
 def _audio_frames(container: av.container.InputContainer) -> Iterator[av.AudioFrame]:
-    """The first audio stream's frames, skipping packets the codec rejects.
+    """The first audio stream's frames, skipping packets the codec rejects and frames unlike the
+    first (another rate, layout or sample format) or with more than ``MAX_CHANNELS``.
 
     ffmpeg's own CLI does the same, so one damaged frame in a long voice note costs that frame,
     not the upload. (The FLAC and Opus decoders already conceal such damage; MP3 and AAC raise.)
     """
+    first: tuple[int, str, str] | None = None
     for packet in container.demux(container.streams.audio[0]):
         try:
             frames = packet.decode()
         except av.InvalidDataError:
             continue
-        yield from frames
+        for frame in frames:
+            # A frame whose rate, layout or format differs from the first is damage too (a
+            # flipped header bit): resampled, PyAV can hand back a frame that crashes numpy.
+            shape = (frame.sample_rate, frame.layout.name, frame.format.name)
+            if 1 <= frame.layout.nb_channels <= MAX_CHANNELS and (first := first or shape) == shape:
+                yield frame
 
 
 def decode_pcm16(data: bytes, sample_rate: int, *, target_rate: int = 16000, max_seconds: float) -> NDArray[np.float32]:

@@ -24,6 +24,17 @@ FRAME_MS = 20
 QUIET_S = 0.4  # no bot audio for this long after some: the bot has stopped talking
 
 
+class Refused(Exception):
+    """The gateway refused the call: what the caller was told (the ``busy`` event's authored
+    words and the bot audio before the refusal, on legs that carry them) and the close code."""
+
+    def __init__(self, close_code: int | None, busy_text: str | None, busy_audio_ms: float) -> None:
+        super().__init__(f"refused (close code {close_code}): {busy_text or 'no busy message'}")
+        self.close_code = close_code
+        self.busy_text = busy_text
+        self.busy_audio_ms = busy_audio_ms
+
+
 @dataclass
 class Received:
     media_ms: int

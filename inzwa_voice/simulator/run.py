@@ -30,7 +30,7 @@ import numpy as np
 
 from inzwa_voice.engines.base import PCM16
 from inzwa_voice.simulator.audiosocket import AudioSocketCaller
-from inzwa_voice.simulator.caller import FRAME_MS, Caller
+from inzwa_voice.simulator.caller import FRAME_MS, Caller, Refused
 from inzwa_voice.simulator.gateway_metrics import PEAK_RSS, round_cost, scrape
 from inzwa_voice.simulator.questions import QUESTIONS, Question, QuestionKind, from_wav, synthesize, tts
 from inzwa_voice.simulator.records import CallRecord
@@ -184,7 +184,7 @@ async def one_call(
             else:
                 await caller.event_after(barge_start, caller.barge_in_event, timeout=30)
             result.barge_in_stop_ms = caller.timeline.audio_ms_after(barge_start, caller.rate)
-    except (TimeoutError, aiohttp.ClientError, ConnectionError) as exc:
+    except (TimeoutError, aiohttp.ClientError, ConnectionError, Refused) as exc:
         result.error = f"{step}: {type(exc).__name__} {exc}".strip()
     finally:
         await caller.hang_up()

@@ -4,7 +4,9 @@ Twilio's cloud cannot run here, so this caller speaks its wire protocol exactly,
 at https://www.twilio.com/docs/voice/media-streams/websocket-messages and pinned by
 ``tests/golden/twilio/from_twilio.json``: ``connected``, ``start``, a ``media`` message every
 20 ms (the caller's audio as base64 μ-law at 8 kHz, silence included), ``dtmf`` and ``stop``.
-With an auth token it signs the upgrade with ``X-Twilio-Signature`` as Twilio does.
+With an auth token it first asks the voice webhook for its TwiML, as Twilio does, signs the
+upgrade with ``X-Twilio-Signature`` and sends the TwiML's ``<Parameter>``s (the per-call stream
+token among them) back in ``start``.
 
 Like Twilio, it plays what the gateway sends from a playout buffer in real time, echoes each
 ``mark`` once the audio sent before it has played, and on ``clear`` drops the buffer and echoes
@@ -27,11 +29,12 @@ import json
 import uuid
 from collections import deque
 from typing import Any
+from xml.etree import ElementTree
 
 import aiohttp
 
 from inzwa_voice.core import PCM16
-from inzwa_voice.legs.twilio import MEDIA_PATH
+from inzwa_voice.legs.twilio import MEDIA_PATH, VOICE_PATH
 from inzwa_voice.legs.twilio_protocol import MEDIA_FORMAT, SAMPLE_RATE, signature
 from inzwa_voice.media.g711 import ulaw_decode, ulaw_encode
 from inzwa_voice.simulator.caller import FRAME_MS, Caller
@@ -156,6 +159,7 @@ class TwilioCaller(Caller):
         refused upgrade raises ``aiohttp.WSServerHandshakeError`` (403 for a bad signature).
         """
         headers = {"X-Twilio-Signature": signature(self._auth_token, self._url, ())} if self._auth_token else {}
+        twiml = await self._twiml_parameters(self._auth_token) if self._auth_token else {}
         self._ws = await self._http.ws_connect(self._url, headers=headers)
         self._reader = asyncio.ensure_future(self._read())
         await self.send_json(connected_message())
@@ -164,11 +168,25 @@ class TwilioCaller(Caller):
             self.stream_sid,
             self.account_sid,
             self.call_sid,
-            {**self.parameters, "callSid": self.call_sid, **parameters},
+            {**self.parameters, "callSid": self.call_sid, **twiml, **parameters},
         )
         await self.send_json(start)
         self.start_sending()
         return start
+
+    async def _twiml_parameters(self, auth_token: str) -> dict[str, str]:
+        """The ``<Parameter>``s of the voice webhook's TwiML for this call, signed like Twilio's
+        request; none when the webhook refuses (the stream then goes without its token)."""
+        url = "http" + self._url.removeprefix("ws").removesuffix(MEDIA_PATH) + VOICE_PATH
+        form = {"CallSid": self.call_sid, "AccountSid": self.account_sid}
+        form |= {"From": self.parameters["from"], "To": self.parameters["to"]}
+        headers = {"X-Twilio-Signature": signature(auth_token, url, form.items())}
+        async with self._http.post(url, data=form, headers=headers) as resp:
+            if resp.status != 200:
+                return {}
+            stream = ElementTree.fromstring(await resp.text()).find("./Connect/Stream")
+        parameters = stream.iter("Parameter") if stream is not None else ()
+        return {p.get("name", ""): p.get("value", "") for p in parameters}
 
     def _next(self) -> int:
         self._sequence += 1

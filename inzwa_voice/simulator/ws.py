@@ -17,7 +17,7 @@ import aiohttp
 import numpy as np
 
 from inzwa_voice.core import PCM16
-from inzwa_voice.simulator.caller import Caller
+from inzwa_voice.simulator.caller import Caller, Refused
 
 
 class WsCaller(Caller):
@@ -31,13 +31,25 @@ class WsCaller(Caller):
         self.close_code: int | None = None
 
     async def connect(self, **start: Any) -> dict[str, Any]:
-        """Open the call; returns ``session.started`` (or raises with the server's error)."""
+        """Open the call; returns ``session.started``, or raises :class:`Refused` when the
+        gateway closes the socket instead (after its busy message)."""
         self._ws = await self._http.ws_connect(self._url)
         await self._ws.send_json({"type": "start", "codec": "pcm16", "sample_rate": self.rate, **start})
         self._reader = asyncio.ensure_future(self._read())
-        started = await self.wait_for("session.started", timeout=30)
+        started = asyncio.ensure_future(self.wait_for("session.started", timeout=30))
+        closed = asyncio.ensure_future(self.closed.wait())
+        try:
+            await asyncio.wait({started, closed}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            closed.cancel()
+        if not started.done():
+            started.cancel()
+            await asyncio.gather(started, self._reader, return_exceptions=True)
+            busy = self.events("busy")
+            text = str(busy[0]["text"]) if busy else None
+            raise Refused(self.close_code, text, self.timeline.audio_ms_after(0, self.rate))
         self.start_sending()
-        return started
+        return started.result()
 
     async def send_frame(self, frame: PCM16) -> None:
         if self.dtx and not frame.any():

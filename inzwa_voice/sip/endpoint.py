@@ -46,6 +46,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import ctypes
 import dataclasses
 import functools
 import ipaddress
@@ -206,6 +207,8 @@ class Listener(Protocol):
 
     def ended(self, key: int, status: int, reason: str) -> None: ...
 
+    def confirmed(self, key: int) -> None: ...
+
     def dtmf(self, key: int, digit: str) -> None: ...
 
     def transfer_status(self, key: int, status: int, reason: str, final: bool) -> None: ...
@@ -286,7 +289,9 @@ class _Call(pj.Call):  # type: ignore[misc]
     @_guarded
     def onCallState(self, prm: Any) -> None:  # worker
         info = self.getInfo()
-        if info.state == pj.PJSIP_INV_STATE_DISCONNECTED:
+        if info.state == pj.PJSIP_INV_STATE_CONFIRMED:  # the caller's ACK came
+            self._owner.notify(self._owner.listener.confirmed, self.key)
+        elif info.state == pj.PJSIP_INV_STATE_DISCONNECTED:
             self._owner.ended(self, info.lastStatusCode, info.lastReason)
 
     @_guarded
@@ -451,6 +456,9 @@ class SipEndpoint:
         """Create, configure and start pjsua2; returns the bound SIP port."""
         config = self.config
         self._lib = lib = _Library(self)
+        # pjlib logs its own start raw to stdout before libInit hands it the log writer below;
+        # its level is a plain variable that may be set before pjlib exists.
+        ctypes.CDLL(pj._pjsua2.__file__).pj_log_set_level(0)
         lib.libCreate()
         ep = pj.EpConfig()
         ep.uaConfig.threadCnt = 0  # SIP events are polled by this thread (libHandleEvents)
@@ -609,6 +617,14 @@ class SipEndpoint:
         if call is None:
             return False
         try:
+            info = call.getInfo()
+            if info.state == pj.PJSIP_INV_STATE_CONNECTING and info.role == pj.PJSIP_ROLE_UAS:
+                # Our 200 OK is not acknowledged: pjsip would hold the BYE until an ACK that may
+                # never come (its 32 s timer), keeping one of the four call slots. Send it now.
+                prm = pj.CallSendRequestParam()
+                prm.method = "BYE"
+                call.sendRequest(prm)
+                return True
             call.hangup(pj.CallOpParam())
         except pj.Error as exc:
             log.info("sip hangup failed", extra={"sip_call": key, "error": exc.info()})

@@ -52,6 +52,9 @@ class Dialect:
     write_begin: str  # starts a transaction that writes
     snapshot_begin: str  # starts a read transaction that sees one snapshot throughout
     purge_lock: str | None  # taken inside a purge, so gateways sharing the database purge one at a time
+    reap_lock: str | None  # taken while ending a dead gateway's calls, so that happens once
+    lock_rows: str  # appended to a SELECT inside a write transaction to lock the rows it read
+    now: str  # the database server's clock, in unix seconds
     shared: bool  # several gateways write this database at once
 
 

@@ -12,17 +12,31 @@ database shared by several); ``Dialect`` holds the few spellings that differ.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 from pathlib import Path
 
 from inzwa_voice.core import CallInfo
 from inzwa_voice.store.backend import Backend, Session
+from inzwa_voice.store.liveness import (
+    HEARTBEAT_S,
+    MISSED_BEATS,
+    Clock,
+    default_instance_id,
+    end_calls_of_dead,
+    end_open_calls,
+    release,
+    renew,
+)
 from inzwa_voice.store.postgres import open_postgres
+from inzwa_voice.store.recordings import delete_recordings
 from inzwa_voice.store.records import (
     DISPOSITIONS,
     EVENT_KIND,
     MAX_CALL_ID,
     MAX_FIELD,
     Conflict,
+    Row,
     StoreError,
     TurnRecord,
     call_dict,
@@ -43,27 +57,53 @@ queued meanwhile run between batches instead of after the whole purge."""
 
 _CALL_SELECT = """SELECT c.*, (SELECT count(*) FROM turns t WHERE t.call_id = c.id) AS turn_count FROM calls c"""
 _AGE = "coalesce(ended_at, started_at)"  # the expression the calls_by_age index holds
+INTERRUPTED = "the gateway stopped during the call"
 
 
 class CallStore:
     """The call records of one database: ``await CallStore.open(path)`` (SQLite) or
-    ``await CallStore.open_url(url)`` (PostgreSQL)."""
+    ``await CallStore.open_url(url)`` (PostgreSQL).
 
-    def __init__(self, backend: Backend) -> None:
+    ``instance`` names this gateway process in the calls it opens (default: host name and a
+    random suffix); on a shared database it beats every ``heartbeat_s`` seconds (``liveness``),
+    by ``clock`` when given, else by the database server's clock."""
+
+    def __init__(
+        self,
+        backend: Backend,
+        *,
+        instance: str | None = None,
+        heartbeat_s: float = HEARTBEAT_S,
+        clock: Clock | None = None,
+    ) -> None:
         self.path = backend.path
+        self.instance = instance or default_instance_id()
+        self.heartbeat_s = heartbeat_s
+        self._clock = clock
         self._dialect = backend.dialect
         self._writer = Worker("call-store-writer", backend.writer, WRITE_BACKLOG)
         self._reader = Worker("call-store-reader", backend.reader, READ_BACKLOG)
 
     @classmethod
-    async def open(cls, path: Path) -> CallStore:
+    async def open(cls, path: Path, *, instance: str | None = None) -> CallStore:
         """Create or upgrade the SQLite file at ``path`` (and its folder); raises ``StoreError``."""
-        return cls(await asyncio.to_thread(open_sqlite, path))
+        return cls(await asyncio.to_thread(open_sqlite, path), instance=instance)
 
     @classmethod
-    async def open_url(cls, url: str) -> CallStore:
-        """Connect to the PostgreSQL database at ``url`` and upgrade its schema; raises ``StoreError``."""
-        return cls(await asyncio.to_thread(open_postgres, url))
+    async def open_url(
+        cls, url: str, *, instance: str | None = None, heartbeat_s: float = HEARTBEAT_S, clock: Clock | None = None
+    ) -> CallStore:
+        """Connect to the PostgreSQL database at ``url``, upgrade its schema and take this
+        gateway's heartbeat lease (before any call of its own, so no call is without one);
+        raises ``StoreError``."""
+        backend = await asyncio.to_thread(open_postgres, url)
+        store = cls(backend, instance=instance, heartbeat_s=heartbeat_s, clock=clock)
+        try:
+            await store.beat()
+        except BaseException:
+            await store.close()
+            raise
+        return store
 
     @property
     def shared(self) -> bool:
@@ -71,7 +111,11 @@ class CallStore:
         return self._dialect.shared
 
     async def close(self) -> None:
-        """Finish the writes already made, then close both connections; idempotent."""
+        """Finish the writes already made, give back the heartbeat lease, then close both
+        connections; idempotent."""
+        if self.shared:
+            with contextlib.suppress(StoreError):  # closed already, or the database is gone
+                await self._writer.run(functools.partial(release, instance=self.instance))
         await self._writer.close()
         await self._reader.close()
 
@@ -89,9 +133,10 @@ class CallStore:
             to_json(info.params),
             clip(profile, MAX_FIELD),
             started_at,
+            self.instance,
         )
-        sql = """INSERT INTO calls (id, leg, caller, dialled, external_id, params, profile, started_at)
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?)"""
+        sql = """INSERT INTO calls (id, leg, caller, dialled, external_id, params, profile, started_at, instance)
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"""
         await self._write(f"call {call_id!r} is already recorded", sql, row)
 
     async def add_turn(self, call_id: str, turn: TurnRecord) -> None:
@@ -136,52 +181,83 @@ class CallStore:
 
         await self._writer.run(end)
 
-    async def end_interrupted_calls(self, reason: str = "the gateway stopped during the call") -> int:
+    async def set_recording(self, call_id: str, path: Path, duration_s: float | None) -> None:
+        """Where the call's recording is, and (once the call ended) how long it is."""
+
+        def write(db: Session) -> None:
+            sql = "UPDATE calls SET recording_path = ?, recording_duration_s = ? WHERE id = ?"
+            if not db.execute(sql, (str(path), duration_s, call_id)):
+                raise StoreError(f"no call {call_id!r} to attach a recording to")
+
+        await self._writer.run(write)
+
+    async def end_interrupted_calls(self, reason: str = INTERRUPTED) -> int:
         """End the calls a dead process left open, at the last moment they were heard of.
 
-        Run it at start-up, before taking calls. It does nothing on a shared database: there an
-        open call may be another gateway's live one (retention removes a dead one in time).
+        Run it at start-up, before taking calls. On a SQLite file (one per gateway) that is every
+        open call. On a shared database it is the calls of gateways whose heartbeat lease expired
+        and this instance's own (a previous run under the same ``INZWA_INSTANCE_ID``), never a
+        live gateway's; ``liveness.keep_alive`` then keeps the lease and ends the calls of
+        gateways that die later. How many calls it ended.
         """
-        if self._dialect.shared:
-            return 0
-        last = f"""{self._dialect.greatest}(c.started_at,
-                      coalesce((SELECT max(ended_at) FROM turns WHERE call_id = c.id), 0),
-                      coalesce((SELECT max(at) FROM events WHERE call_id = c.id), 0))"""
+        if not self.shared:
 
-        def close(db: Session) -> int:
-            with db.transaction(self._dialect.write_begin):
-                db.execute(
-                    f"""INSERT INTO events (call_id, kind, at, data)
-                        SELECT c.id, 'error', {last}, ? FROM calls c WHERE c.ended_at IS NULL""",
-                    (to_json({"reason": reason}),),
-                )
-                return db.execute(
-                    f"UPDATE calls AS c SET ended_at = {last}, disposition = 'error' WHERE c.ended_at IS NULL"
-                )
+            def close(db: Session) -> int:
+                with db.transaction(self._dialect.write_begin):
+                    return len(end_open_calls(db, self._dialect, reason))
 
-        return await self._writer.run(close)
+            return await self._writer.run(close)
+        return await self._end_calls_of_dead(reason, own=True)
+
+    async def beat(self) -> bool:
+        """Renew this gateway's lease on a shared database for ``MISSED_BEATS`` beats; False
+        when it was not held (the first beat, or other gateways took this one for dead)."""
+        if not self.shared:
+            return True
+        lease_s = self.heartbeat_s * MISSED_BEATS
+        job = functools.partial(
+            renew, dialect=self._dialect, instance=self.instance, lease_s=lease_s, clock=self._clock
+        )
+        return await self._writer.run(job)
+
+    async def end_calls_of_dead_gateways(self, reason: str = INTERRUPTED) -> int:
+        """On a shared database: end the open calls of the gateways whose lease expired (never a
+        live gateway's, never this one's); how many."""
+        return await self._end_calls_of_dead(reason, own=False) if self.shared else 0
+
+    async def _end_calls_of_dead(self, reason: str, *, own: bool) -> int:
+        job = functools.partial(
+            end_calls_of_dead, dialect=self._dialect, instance=self.instance, clock=self._clock, reason=reason, own=own
+        )
+        return await self._writer.run(job)
 
     async def purge_before(self, cutoff: float) -> int:
         """Delete the calls that ended (or, never ended, started) before ``cutoff`` (unix
-        seconds), with their turns and events; how many calls went."""
+        seconds), with their turns, events and recording files; how many calls went."""
 
-        def purge(db: Session) -> int:
+        def purge(db: Session) -> list[Row]:
             with db.transaction(self._dialect.write_begin):
                 if self._dialect.purge_lock is not None:
                     db.execute(self._dialect.purge_lock)
-                rows = db.fetch(f"SELECT id FROM calls WHERE {_AGE} < ? LIMIT ?", (cutoff, PURGE_BATCH))
+                sql = f"SELECT id, recording_path FROM calls WHERE {_AGE} < ? LIMIT ?"
+                rows = db.fetch(sql, (cutoff, PURGE_BATCH))
                 ids = [row["id"] for row in rows]
                 if ids:
                     marks = ", ".join("?" * len(ids))
                     for table in ("events", "turns"):
                         db.execute(f"DELETE FROM {table} WHERE call_id IN ({marks})", ids)
                     db.execute(f"DELETE FROM calls WHERE id IN ({marks})", ids)
-                return len(ids)
+                return list(rows)
 
         purged = 0
-        while (batch := await self._writer.run(purge)) == PURGE_BATCH:
-            purged += batch
-        return purged + batch
+        while True:
+            rows = await self._writer.run(purge)
+            purged += len(rows)
+            # After the commit: a file outlives its record only if the gateway dies in between
+            # (retention's sweep of the recordings folder takes it then).
+            await asyncio.to_thread(delete_recordings, rows)
+            if len(rows) < PURGE_BATCH:
+                return purged
 
     async def _write(self, conflict: str, sql: str, row: tuple[object, ...]) -> None:
         def write(db: Session) -> None:
@@ -209,6 +285,16 @@ class CallStore:
                 "turns": [turn_dict(t) for t in turns],
                 "events": [event_dict(e) for e in events],
             }
+
+        return await self._reader.run(read)
+
+    async def recording(self, call_id: str) -> tuple[str | None, float | None] | None:
+        """The call's recording path and duration (None, None: not recorded); None: no such call."""
+
+        def read(db: Session) -> tuple[str | None, float | None] | None:
+            sql = "SELECT recording_path, recording_duration_s FROM calls WHERE id = ?"
+            rows = db.fetch(sql, (call_id,))
+            return (rows[0]["recording_path"], rows[0]["recording_duration_s"]) if rows else None
 
         return await self._reader.run(read)
 

@@ -30,6 +30,7 @@ SETTING = "INZWA_DB_URL"
 # Advisory lock keys (any bigint): one for schema changes, one for retention's purges.
 _MIGRATION_LOCK = "SELECT pg_advisory_xact_lock(7275636001)"
 _PURGE_LOCK = "SELECT pg_advisory_xact_lock(7275636002)"
+_REAP_LOCK = "SELECT pg_advisory_xact_lock(7275636003)"  # ending a dead gateway's calls
 
 DIALECT = Dialect(
     insertion_order="c.seq",
@@ -37,6 +38,9 @@ DIALECT = Dialect(
     write_begin="BEGIN",
     snapshot_begin="BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",
     purge_lock=_PURGE_LOCK,
+    reap_lock=_REAP_LOCK,
+    lock_rows=" FOR UPDATE OF c",
+    now="extract(epoch FROM clock_timestamp())::double precision",
     shared=True,
 )
 
@@ -84,6 +88,23 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             data TEXT NOT NULL
         )""",
         "CREATE INDEX events_by_call ON events (call_id, id)",
+    ),
+    # The call's recording (when its profile records): the WAV file, and its length once it ended.
+    (
+        """ALTER TABLE calls ADD COLUMN recording_path TEXT,
+                          ADD COLUMN recording_duration_s DOUBLE PRECISION""",
+    ),
+    # The gateway process that took the call, and each live gateway's heartbeat: the calls of
+    # one whose heartbeat expired are ended by the others (``store.liveness``).
+    (
+        "ALTER TABLE calls ADD COLUMN instance TEXT",
+        "CREATE INDEX calls_open ON calls (instance) WHERE ended_at IS NULL",
+        """CREATE TABLE gateway_instances (
+            instance TEXT PRIMARY KEY,
+            started_at DOUBLE PRECISION NOT NULL,
+            beat_at DOUBLE PRECISION NOT NULL,
+            expires_at DOUBLE PRECISION NOT NULL
+        )""",
     ),
 )
 

@@ -77,11 +77,15 @@ def call_dict(row: Row) -> dict[str, object]:
         "external_id": row["external_id"],
         "params": json.loads(row["params"]),
         "profile": row["profile"],
+        "instance": row["instance"],
         "started_at": row["started_at"],
         "ended_at": row["ended_at"],
         "disposition": row["disposition"],
         "active": row["ended_at"] is None,
         "turn_count": row["turn_count"],
+        "recording": None
+        if row["recording_path"] is None
+        else {"path": row["recording_path"], "duration_s": row["recording_duration_s"]},
     }
 
 

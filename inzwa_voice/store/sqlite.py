@@ -23,6 +23,9 @@ DIALECT = Dialect(
     write_begin="BEGIN IMMEDIATE",
     snapshot_begin="BEGIN",
     purge_lock=None,
+    reap_lock=None,
+    lock_rows="",  # BEGIN IMMEDIATE already holds the file's write lock
+    now="(julianday('now') - 2440587.5) * 86400.0",
     shared=False,
 )
 
@@ -72,6 +75,16 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     ("ALTER TABLE turns ADD COLUMN source TEXT",),
     # Retention finds the calls that ended (or, never ended, started) before its cut-off.
     ("CREATE INDEX calls_by_age ON calls (coalesce(ended_at, started_at))",),
+    # The call's recording (when its profile records): the WAV file, and its length once it ended.
+    (
+        "ALTER TABLE calls ADD COLUMN recording_path TEXT",
+        "ALTER TABLE calls ADD COLUMN recording_duration_s REAL",
+    ),
+    # The gateway process that took the call; its open calls are found through a partial index.
+    (
+        "ALTER TABLE calls ADD COLUMN instance TEXT",
+        "CREATE INDEX calls_open ON calls (instance) WHERE ended_at IS NULL",
+    ),
 )
 
 

@@ -6,7 +6,8 @@
 // data-gateway      the gateway's origin (default: where this script was loaded from)
 // data-token        a call token from POST /v1/webrtc/token, obtained by the helpline's own web server with
 //                   its API key. Without one, the widget asks data-token-url (default: the gateway's
-//                   /v1/webrtc/token, open when the gateway has no API keys) each time a call starts.
+//                   /widget/token, short-lived tokens without a key, rate-limited per address) each
+//                   time a call starts.
 // data-token-url    where to POST for a fresh {"token": ...}, e.g. a route on the helpline's own server:
 //                   tokens expire after a few minutes, a page may stay open longer
 // data-ice-servers  JSON list of RTCIceServer (STUN/TURN); default [], host candidates only
@@ -89,7 +90,7 @@
     return {
       gateway,
       token: data.token || "",
-      tokenUrl: data.tokenUrl || gateway + "/v1/webrtc/token",
+      tokenUrl: data.tokenUrl || gateway + "/widget/token",
       iceServers,
       caller: data.caller || "",
       dialled: data.dialled || "",
@@ -97,12 +98,15 @@
     };
   }
 
-  async function postJson(url, body, signal) {
+  async function postJson(url, body, signal, token) {
     let response;
+    const headers = { "Content-Type": "application/json" };
+    // The call token goes in a header: the gateway checks it before it reads the offer.
+    if (token) headers.Authorization = `Bearer ${token}`;
     try {
       response = await fetch(url, {
         method: "POST",
-        headers: { "Content-Type": "application/json" },
+        headers,
         body: JSON.stringify(body),
         signal,
       });
@@ -245,8 +249,8 @@
       const { token, tokenUrl, caller, dialled, gateway } = this.options;
       const callToken = token || (await postJson(tokenUrl, {}, call.abort.signal)).token;
       stillOpen();
-      const offer = { sdp: pc.localDescription.sdp, type: "offer", token: callToken, caller, dialled };
-      const answer = await postJson(gateway + "/v1/webrtc/offer", offer, call.abort.signal);
+      const offer = { sdp: pc.localDescription.sdp, type: "offer", caller, dialled };
+      const answer = await postJson(gateway + "/v1/webrtc/offer", offer, call.abort.signal, callToken);
       stillOpen();
       this.callId = answer.call_id;
       await pc.setRemoteDescription({ type: "answer", sdp: answer.sdp });

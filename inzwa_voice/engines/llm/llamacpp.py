@@ -23,21 +23,24 @@ new facts and question; ``warm`` fills the cache with the default grounded syste
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import logging
 import threading
-from collections.abc import AsyncGenerator, Callable, Iterator, Mapping
+from collections.abc import AsyncGenerator, Callable, Generator, Iterator, Mapping
 from concurrent.futures import Executor
 from contextlib import aclosing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+import llama_cpp
 from llama_cpp import Llama
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
 from inzwa_voice.aio import iterate_in_thread, with_deadlines
 from inzwa_voice.config import Settings
 from inzwa_voice.engines import models
-from inzwa_voice.engines.base import DEFAULT_GENERATION, ChatMessage, GenerationDefaults, ModelInfo
+from inzwa_voice.engines.base import DEFAULT_GENERATION, PROMPT_READ, ChatMessage, GenerationDefaults, ModelInfo
 from inzwa_voice.engines.grounding import grounded_messages
 from inzwa_voice.engines.llm import generation_defaults, prompt
 
@@ -59,8 +62,49 @@ PACKAGED: Mapping[str, PackagedModel] = {
 }
 
 
+PREFILL_CHUNK = 64
+"""Prompt tokens evaluated between two looks at whether the generation is still wanted."""
+
+
 class PromptTooLongError(ValueError):
     pass
+
+
+_native_log = logging.getLogger("llama_cpp")
+# ggml_log_level (ggml.h): 3 WARN, 4 ERROR; 1 DEBUG and 2 INFO are chatter about tensors and
+# buffers, which an operator needs only when debugging; 5 continues the line before. (The table in
+# llama-cpp-python's own callback is an older enum's: it printed every WARN raw to stderr.)
+_NATIVE_LEVELS = {3: logging.WARNING, 4: logging.ERROR}
+_NATIVE_CONTINUES = 5
+
+
+class _NativeLog:
+    """llama.cpp's own log, which it writes raw to stderr in pieces, as whole lines through
+    ``logging`` (so they are JSON like every other line): errors and warnings at their level,
+    the rest at DEBUG."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pieces: list[str] = []
+        self._level = logging.DEBUG
+        # Kept here: llama.cpp holds only a pointer to the ctypes callback.
+        self.callback = llama_cpp.llama_log_callback(self._piece)
+
+    def _piece(self, level: int, text: bytes | None, _user_data: ctypes.c_void_p) -> None:
+        with self._lock:
+            if level != _NATIVE_CONTINUES:
+                self._level = _NATIVE_LEVELS.get(level, logging.DEBUG)
+            self._pieces.append((text or b"").decode("utf-8", "replace"))
+            if not self._pieces[-1].endswith("\n"):
+                return
+            line, level_now = "".join(self._pieces).strip(), self._level
+            self._pieces.clear()
+        if line:
+            _native_log.log(level_now, line)
+
+
+_NATIVE = _NativeLog()
+llama_cpp.llama_log_set(_NATIVE.callback, ctypes.c_void_p(0))
 
 
 @dataclass(frozen=True)
@@ -137,10 +181,15 @@ class LlamaCppLLM:
         raise PromptTooLongError(f"the last message does not fit the {self._n_ctx}-token context")
 
     def _generate(
-        self, messages: list[ChatMessage], max_tokens: int, temperature: float, stop: list[str]
-    ) -> Iterator[str]:
+        self,
+        messages: list[ChatMessage],
+        max_tokens: int,
+        temperature: float,
+        stop: list[str],
+    ) -> Generator[str, None, None]:
         with self._lock:
             rendered = self._fit(messages, max_tokens)
+            yield from self._prefill(rendered.tokens)
             for chunk in self._llm.create_completion(
                 rendered.tokens,
                 max_tokens=max_tokens,
@@ -151,6 +200,28 @@ class LlamaCppLLM:
                 piece = str(chunk["choices"][0]["text"])  # type: ignore[index]
                 if piece:
                     yield piece
+
+    def _prefill(self, tokens: list[int]) -> Iterator[str]:
+        """Evaluate the prompt past the cached prefix ``PREFILL_CHUNK`` tokens at a time, with
+        an empty piece (``base.PROMPT_READ``) after each chunk.
+
+        llama.cpp evaluates a prompt in one uninterruptible call, and a grounded prompt's new
+        part (facts, history, question: 100-200 tokens) takes 1-2 s on two cores. In one call,
+        a speculative answer begun at a pause held the model, and the scheduler's slot, that
+        long: the caller's next stretch, or another caller's final transcript, waited behind it,
+        and a dropped one could not stop. Each chunk is a step the reader asked for, so between
+        chunks the slot goes to more urgent work and a dropped generation ends. The last token
+        is left for ``create_completion``, which finds the rest cached and samples after it.
+        """
+        llm = self._llm
+        cached = Llama.longest_token_prefix(llm.input_ids[: llm.n_tokens].tolist(), tokens)
+        # ``eval`` drops the KV cache past this. Never the whole prompt: its last token is always
+        # evaluated again, else a prompt found whole in the cache (a repeated question, whose
+        # earlier answer followed it) would be sampled from the logits of that answer's last token.
+        llm.n_tokens = min(llm.n_tokens, cached, len(tokens) - 1)
+        for start in range(llm.n_tokens, len(tokens) - 1, PREFILL_CHUNK):
+            llm.eval(tokens[start : min(start + PREFILL_CHUNK, len(tokens) - 1)])
+            yield PROMPT_READ
 
     async def stream(
         self,
@@ -171,9 +242,10 @@ class LlamaCppLLM:
                     return
                 yield piece
 
-        # One token read ahead at most: the scheduler hands the cores to more urgent work between
-        # tokens, and a generation running ahead of its reader would keep them.
-        source = iterate_in_thread(self._executor, factory, maxsize=1)
+        # Nothing read ahead: the scheduler hands the cores to more urgent work between tokens
+        # (and between chunks of the prompt), and a generation running ahead of its reader
+        # would keep them.
+        source = iterate_in_thread(self._executor, factory, on_demand=True)
         limited = with_deadlines(source, item_timeout=d.token_timeout_s, total_timeout=d.timeout_s)
         async with aclosing(limited):
             async for piece in limited:

@@ -3,12 +3,18 @@
 This is the GPU path: the gateway streams ``/chat/completions`` with ``stream: true`` and
 relays content deltas. Connection failures are retried with a short back-off before the first
 byte; once tokens flow, a failure ends the answer (a retry would repeat words already spoken).
+
+A server that cannot be reached or answers with an error raises
+:class:`~inzwa_voice.engines.base.LLMUnavailableError`, so a call speaks its apology and
+``/v1/chat`` its authored fallback; :meth:`OpenAICompatibleLLM.problem` tells ``/health`` why
+the gateway is ``degraded`` (the last failure, or a probe of ``/models``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import AsyncGenerator
 from concurrent.futures import Executor
 from contextlib import aclosing
@@ -17,11 +23,21 @@ import aiohttp
 
 from inzwa_voice.aio import with_deadlines
 from inzwa_voice.config import Settings
-from inzwa_voice.engines.base import DEFAULT_GENERATION, ChatMessage, GenerationDefaults, ModelInfo
+from inzwa_voice.engines.base import (
+    DEFAULT_GENERATION,
+    ChatMessage,
+    GenerationDefaults,
+    LLMUnavailableError,
+    ModelInfo,
+)
 from inzwa_voice.engines.llm import generation_defaults
 
+PROBE_EVERY_S = 10.0
+"""``/health`` may be polled every second: the server is asked at most this often."""
+PROBE_TIMEOUT_S = 3.0
 
-class RemoteLLMError(RuntimeError):
+
+class RemoteLLMError(LLMUnavailableError):
     pass
 
 
@@ -42,6 +58,9 @@ class OpenAICompatibleLLM:
         self._defaults = defaults
         self._retries = connect_retries
         self._session: aiohttp.ClientSession | None = None
+        self._models_url = base_url.rstrip("/") + "/models"
+        self._problem: str | None = None
+        self._checked_at = float("-inf")
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
@@ -50,7 +69,20 @@ class OpenAICompatibleLLM:
             )
         return self._session
 
+    def _note(self, problem: str | None) -> None:
+        """What the last request or probe found: ``problem`` tells ``/health`` until the next."""
+        self._problem, self._checked_at = problem, time.monotonic()
+
     async def _open(self, body: dict[str, object]) -> aiohttp.ClientResponse:
+        try:
+            response = await self._connect(body)
+        except RemoteLLMError as exc:
+            self._note(str(exc))
+            raise
+        self._note(None)
+        return response
+
+    async def _connect(self, body: dict[str, object]) -> aiohttp.ClientResponse:
         delay = 0.2
         for attempt in range(self._retries + 1):
             try:
@@ -67,6 +99,21 @@ class OpenAICompatibleLLM:
                 raise RemoteLLMError(f"LLM server answered {response.status}: {detail}")
             return response
         raise AssertionError("unreachable")
+
+    async def problem(self) -> str | None:
+        """Why the server cannot answer now, or None: the last generation's outcome, or a GET of
+        its ``/models`` when nothing was asked for ``PROBE_EVERY_S``."""
+        if time.monotonic() - self._checked_at < PROBE_EVERY_S:
+            return self._problem
+        timeout = aiohttp.ClientTimeout(total=PROBE_TIMEOUT_S)
+        try:
+            async with self._client().get(self._models_url, headers=self._headers, timeout=timeout) as response:
+                # 404: a server without a model list still serves completions.
+                ok = response.status < 400 or response.status == 404
+                self._note(None if ok else f"the LLM server at {self._models_url} answered {response.status}")
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            self._note(f"cannot reach the LLM server at {self._models_url}: {exc or type(exc).__name__}")
+        return self._problem
 
     async def _deltas(self, body: dict[str, object]) -> AsyncGenerator[str, None]:
         response = await self._open(body)
