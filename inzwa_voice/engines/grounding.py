@@ -1,9 +1,9 @@
 """The prompt of a grounded answer: an instruction-tuned model answering only from the facts
 the conversation found in the helpline's knowledge base.
 
-It lives beside the engine protocols, not in an engine, because both sides need it: the
-conversation builds each turn's messages with it, and the llama.cpp engine warms its KV cache
-with the same stable prefix at start-up.
+It lives beside the engine protocols, not in an engine: the conversation builds each turn's
+messages with it (and reads their stable start into the model's KV cache at start-up), and the
+LLM benchmark prompts the model the same way.
 """
 
 from __future__ import annotations

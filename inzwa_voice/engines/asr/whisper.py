@@ -147,9 +147,9 @@ def _segments(tokens: list[int], tokenizer: Tokenizer, seconds: float) -> list[S
         else:
             continue  # no other special token is decoded, but none is text either
         if text:
-            words = unrepeated(tokenizer.decode(text).strip())
             if start >= seconds and out:
                 break
+            words = unrepeated(tokenizer.decode(text).strip())
             if words:
                 out.append(Segment(text=words, start_ms=round(start * 1000), end_ms=round(min(at, seconds) * 1000)))
             text = []

@@ -17,7 +17,8 @@ Two ways to prompt, picked per model:
 The KV cache: llama-cpp-python keeps the previous prompt's evaluated tokens and re-evaluates
 only what follows the longest common prefix. Every prompt starts with its system part, which
 changes only with the profile (see ``grounding.grounded_messages``), so a turn evaluates only the
-new facts and question; ``warm`` fills the cache with the default grounded system part.
+new facts and question. The conversation reads its default profile's system part in at start-up
+(``CallManager``); ``warm`` only pages the weights in.
 """
 
 from __future__ import annotations
@@ -41,7 +42,6 @@ from inzwa_voice.aio import iterate_in_thread, with_deadlines
 from inzwa_voice.config import Settings
 from inzwa_voice.engines import models
 from inzwa_voice.engines.base import DEFAULT_GENERATION, PROMPT_READ, ChatMessage, GenerationDefaults, ModelInfo
-from inzwa_voice.engines.grounding import grounded_messages
 from inzwa_voice.engines.llm import generation_defaults, prompt
 
 PromptFormat = Literal["chat", "transcript"]
@@ -265,8 +265,10 @@ class LlamaCppLLM:
             self._llm.reset()  # type: ignore[no-untyped-call]
 
     def warm(self) -> None:
-        """Page the weights in and leave the default grounded system part in the KV cache."""
-        warmup = grounded_messages("Hello?", [], [], self._defaults.system_prompt)
+        """Page the weights in with one token of a short prompt. What the KV cache should hold is
+        the conversation's to say: it primes it with its default profile's grounded system part,
+        which is not the one ``llm_system_prompt`` would give (that one a profile never uses)."""
+        warmup = [ChatMessage("user", "Hello?")]
         with self._lock:
             rendered = self._render(warmup)
             for _ in self._llm.create_completion(rendered.tokens, max_tokens=1, stream=True):
