@@ -50,14 +50,21 @@ async def iterate_in_thread(
                 raise Cancelled()
 
     def put(item: object) -> None:
-        fut = asyncio.run_coroutine_threadsafe(queue.put(item), loop)
+        handover = queue.put(item)
+        try:
+            fut = asyncio.run_coroutine_threadsafe(handover, loop)
+        except RuntimeError:  # the loop is closed: nobody will read this
+            handover.close()
+            raise Cancelled() from None
         while True:
             try:
                 fut.result(timeout=0.1)
                 return
             except concurrent.futures.TimeoutError:
-                if stop.is_set():
+                if stop.is_set() or loop.is_closed():
                     fut.cancel()
+                    if loop.is_closed():  # it never ran, and nothing will run it now
+                        handover.close()
                     raise Cancelled() from None
 
     def work() -> None:

@@ -66,13 +66,6 @@ def build_app(settings: Settings, engines: Engines) -> web.Application:
         app[CALLS].stopping()
 
     app.on_shutdown.append(stopping)  # the first step of shutdown, before the legs drain their calls
-    # Every leg gets the same call starter: a new leg is one module and one line here.
-    websocket.add_routes(app, calls, settings)
-    twilio.add_routes(app, calls, settings)
-    audiosocket.setup(app, calls, settings)
-    sip.setup(app, calls, settings)  # before end_calls below: its on_shutdown drain must run first
-    webrtc.setup(app, calls, settings)
-    widget.add_routes(app)
 
     async def call_store(app: web.Application) -> AsyncIterator[None]:
         store = await open_configured(settings)
@@ -91,6 +84,17 @@ def build_app(settings: Settings, engines: Engines) -> web.Application:
                 await task
         await store.close()  # after on_shutdown has ended the calls
 
+    # Open before the legs listen and closed after they stop: a call that starts as the gateway
+    # starts, or ends as its endpoint stops, is still recorded.
+    app.cleanup_ctx.append(call_store)
+    # Every leg gets the same call starter: a new leg is one module and one line here.
+    websocket.add_routes(app, calls, settings)
+    twilio.add_routes(app, calls, settings)
+    audiosocket.setup(app, calls, settings)
+    sip.setup(app, calls, settings)  # before end_calls below: its on_shutdown drain must run first
+    webrtc.setup(app, calls, settings)
+    widget.add_routes(app)
+
     async def prompts(app: web.Application) -> AsyncIterator[None]:
         # In the background: the port opens at once, and the first caller shares the synthesis.
         preparing = calls.prepare_soon()
@@ -102,7 +106,6 @@ def build_app(settings: Settings, engines: Engines) -> web.Application:
     async def end_calls(app: web.Application) -> None:
         await app[CALLS].shutdown()
 
-    app.cleanup_ctx.append(call_store)
     app.cleanup_ctx.append(prompts)
     app.cleanup_ctx.append(_traces)
     app.on_shutdown.append(end_calls)

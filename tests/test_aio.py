@@ -4,7 +4,10 @@ while its reader waits for it (the scheduler's slot is held for exactly that ste
 from __future__ import annotations
 
 import asyncio
+import gc
+import sys
 import threading
+import warnings
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 
@@ -44,3 +47,38 @@ async def test_a_read_ahead_source_runs_on_without_its_reader() -> None:
         await asyncio.get_running_loop().run_in_executor(pool, done.wait)  # it finished alone
         await source.aclose()
     assert produced == [0, 1, 2, 3, 4]
+
+
+def test_a_producer_whose_loop_closed_stops_without_a_stray_coroutine() -> None:
+    """A model step that ends after its event loop closed (a gateway stopped mid-answer, its
+    reader never closed) has nobody to hand its item to: the worker stops there instead of
+    waiting for ever, and leaves no coroutine never awaited."""
+    step = threading.Event()
+    finished = threading.Event()
+    unraisable: list[str] = []
+
+    def factory(stop: threading.Event) -> Iterator[int]:
+        try:
+            yield 0
+            step.wait()  # the model step in flight while the loop closes
+            yield 1
+        finally:
+            finished.set()
+
+    def note(args: sys.UnraisableHookArgs) -> None:
+        unraisable.append(str(args.exc_value))
+
+    with ThreadPoolExecutor(1) as pool, warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # "never awaited" becomes unraisable
+        previous, sys.unraisablehook = sys.unraisablehook, note
+        loop = asyncio.new_event_loop()
+        try:
+            source = iterate_in_thread(pool, factory, maxsize=1)
+            assert loop.run_until_complete(anext(source)) == 0
+            loop.close()  # without finalizing the reader: its stop event is never set
+            step.set()
+            assert finished.wait(10)
+            gc.collect()
+        finally:
+            sys.unraisablehook = previous
+    assert unraisable == []

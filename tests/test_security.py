@@ -389,16 +389,21 @@ async def test_no_secret_is_in_an_error_response_or_a_log(
     assert not [text for text in seen if "marker-" in text]
 
 
-def test_no_secret_is_printed_at_start_up(tmp_path: Path) -> None:
-    """``serve`` with every secret set, until it stops at the unreachable database: everything
-    it printed on the way (engines, SIP registration, the store's failure) is checked."""
+def start_up_env(**update: str) -> dict[str, str]:
+    """``serve``'s environment with every secret set (DEBUG logs, SIP registering with nobody)."""
     env = {**os.environ, **{ENV_PREFIX + name.upper(): value for name, value in secret_values().items()}}
     env |= {"INZWA_LOG_LEVEL": "DEBUG", "INZWA_WARMUP": "false", "INZWA_PORT": str(free_port())}
     env |= {"INZWA_SIP_PORT": "0", "INZWA_AUDIOSOCKET_PORT": "0", "INZWA_SIP_USERNAME": "inzwa"}
     env |= {"INZWA_SIP_REGISTRAR": f"sip:127.0.0.1:{free_ports(1)}"}
+    return env | update
+
+
+def test_no_secret_is_printed_when_start_up_fails(tmp_path: Path) -> None:
+    """``serve`` with every secret set, until it stops at the unreachable database (before any
+    leg listens): everything it printed on the way (engines, the store's failure) is checked."""
     done = subprocess.run(
         [sys.executable, "-m", "inzwa_voice.cli", "serve"],
-        env=env,
+        env=start_up_env(),
         cwd=tmp_path,
         capture_output=True,
         text=True,
@@ -406,5 +411,37 @@ def test_no_secret_is_printed_at_start_up(tmp_path: Path) -> None:
     )
     output = done.stdout + done.stderr
     assert done.returncode != 0, output[-2000:]  # the database at port 1 cannot be reached
-    assert "sip registering" in output, output[-2000:]  # it got as far as SIP
+    assert "127.0.0.1:1" in output, output[-2000:]  # the failure names where, not with what password
+    assert "marker-" not in output
+
+
+async def test_no_secret_is_printed_by_a_gateway_that_starts(tmp_path: Path) -> None:
+    """``serve`` with every secret but the database's set (its own SQLite), until SIP registers
+    with a registrar that never answers: everything it printed on the way is checked."""
+    env = start_up_env()
+    del env[ENV_PREFIX + "DB_URL"]
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "inzwa_voice.cli",
+        "serve",
+        env=env,
+        cwd=tmp_path,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    assert process.stdout is not None
+    lines: list[str] = []
+    try:
+        async with asyncio.timeout(300):
+            while not any("sip registering" in line for line in lines):
+                line = (await process.stdout.readline()).decode(errors="replace")
+                assert line, "".join(lines)[-2000:]  # it stopped before SIP registered
+                lines.append(line)
+    finally:
+        if process.returncode is None:
+            process.terminate()
+        rest, _ = await process.communicate()
+    output = "".join(lines) + rest.decode(errors="replace")
+    assert "gateway stopped" in output, output[-2000:]
     assert "marker-" not in output

@@ -24,13 +24,17 @@ from typing import Any, cast
 
 import numpy as np
 import pytest
+from aiohttp import web
 
 from inzwa_voice.api.keys import CALLS
+from inzwa_voice.app import build_app
+from inzwa_voice.config import Settings
 from inzwa_voice.conversation.session import CallSession
 from inzwa_voice.core import FRAME_SAMPLES
 from inzwa_voice.engines.runtime import Engines
+from inzwa_voice.legs.audiosocket import AudioSocketServer
 from inzwa_voice.legs.paced import OutputLeg
-from inzwa_voice.legs.sip import SIP, SIP_DTMF_DIGITS, SipLeg
+from inzwa_voice.legs.sip import SIP, SIP_DTMF_DIGITS, SipLeg, SipServer
 from inzwa_voice.media.g711 import ulaw_decode, ulaw_encode
 from inzwa_voice.simulator.process import free_ports
 from inzwa_voice.sip.endpoint import EndpointConfig, SipEndpoint
@@ -360,6 +364,71 @@ async def test_dtmf_and_hold_over_tcp_then_the_caller_hangs_up(
     assert record["external_id"].startswith("inzwa-test-")
     digits = [e["data"]["digit"] for e in record["events"] if e["kind"] == "dtmf"]
     assert digits == ["5", "7"], "the RFC 4733 digit after unhold, then the SIP INFO one"
+
+
+async def test_a_calls_pjsua2_objects_kept_past_the_endpoint_own_nothing(
+    make_server: ServerFactory, workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A proxy of a call (or of its bridge port) that outlives the endpoint, as a logged
+    traceback or a reference cycle would keep it, must own no C++ object: freed later on the
+    loop's thread, a pjsua2 destructor aborts the process (pjlib does not know that thread, and
+    a port's destructor asserts once the library is gone). So here they are kept, the endpoint
+    stops, and they are freed on this thread."""
+    server = await sip_server(make_server)
+    endpoint = server.app[SIP].endpoint
+    records = Records(server, monkeypatch)
+    kept: list[Any] = []
+    incoming = endpoint.incoming
+
+    def keep(account: Any, prm: Any) -> None:  # on the pjsua2 worker
+        incoming(account, prm)
+        kept.extend(endpoint._calls.values())
+
+    monkeypatch.setattr(endpoint, "incoming", keep)
+    shutil.copy(DTMF_PCAPS / "dtmf_2833_5.pcap", workdir / "dtmf.pcap")
+    result = await sipp(server, "uac_dtmf.xml", workdir, info_digit="7")  # media, hold and unhold
+    assert result.returncode == 0, result.errors
+    await records.until(lambda: bool(records.ends()))
+    for session in sip_sessions(server):  # recorded as ended; its last steps follow the record
+        async with asyncio.timeout(10):
+            await session.wait_closed()
+    await server.app[SIP].stop()
+    (call,) = set(kept)
+    assert call.port is not None, "the call had media, so a bridge port"
+    assert not call.thisown and not call.port.thisown
+    kept.clear()
+    del call  # freed here, on the loop's thread, after the library's end: nothing runs
+
+
+async def test_the_call_store_is_open_for_as_long_as_any_leg_listens(
+    settings: Settings, engines: Engines, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A call that reaches the gateway as it starts, or ends as its endpoint stops (a CANCEL
+    racing the shutdown, a call hung up by the endpoint's teardown), is written to the store: so
+    the store opens before SIP and AudioSocket listen and closes only after they stopped."""
+    overrides = {"db_path": tmp_path / "calls.db", "audiosocket_port": 0, "sip_enabled": True, "sip_port": 0}
+    app = build_app(settings.model_copy(update=overrides), engines)
+    seen: list[str] = []
+
+    def watched(cls: type, name: str) -> None:
+        original = getattr(cls, name)
+
+        async def check(self: object, *args: Any) -> None:
+            store = app[CALLS].store
+            assert store is not None, f"{cls.__name__}.{name} before the call store opened"
+            assert await store.get_call("no-such-call") is None  # raises once the store is closed
+            seen.append(f"{cls.__name__}.{name}")
+            await original(self, *args)
+
+        monkeypatch.setattr(cls, name, check)
+
+    for cls in (SipServer, AudioSocketServer):
+        for name in ("start", "stop"):
+            watched(cls, name)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await runner.cleanup()
+    assert sorted(seen) == ["AudioSocketServer.start", "AudioSocketServer.stop", "SipServer.start", "SipServer.stop"]
 
 
 async def test_a_spoken_question_is_heard_and_the_gateway_hangs_up(

@@ -16,11 +16,16 @@ pjlib knows. So one worker thread owns it all:
 
 SWIG destroys a pjsua2 object's C++ side, whose destructor calls pjsua2, when its Python object
 goes. So the Call, its AudioPort, the account and the endpoint live in this module's dict and
-attributes for as long as pjsua2 uses them, and are dropped on the worker thread only: a call
-after pjsua2 reported it DISCONNECTED (at the next turn of the worker loop, not inside its own
-callback), everything else at shutdown. The log writer is the exception: ``libDestroy`` deletes
-the writer it was given, so it is handed over (``__disown__``: pjsua2 keeps it alive and frees
-it); were Python to own it too, it would be deleted twice, and the heap corrupted.
+attributes for as long as pjsua2 uses them, and their C++ sides are destroyed explicitly, on the
+worker thread (:func:`_destroy`): a call after pjsua2 reported it DISCONNECTED (at the next turn
+of the worker loop, not inside its own callback), everything else at shutdown. Dropping the
+reference is not enough: a Python proxy can outlive it (a logged exception's traceback holds
+its frame's ``self``; a reference cycle waits for the collector) and then goes on whatever
+thread frees it. A pjsua2 destructor run on a thread pjlib does not know, or a port's run after
+``libDestroy``, fails an assertion in pjlib, which aborts the whole process. The log writer is
+the exception: ``libDestroy`` deletes the writer it was given, so it is handed over
+(``__disown__``: pjsua2 keeps it alive and frees it); were Python to own it too, it would be
+deleted twice, and the heap corrupted.
 
 Capacity: this pjsua2 build is compiled with ``PJSUA_MAX_CALLS`` = 4; a larger ``maxCalls`` is
 silently clamped (measured: with 8, the fifth INVITE is refused). pjsua2 answers that INVITE
@@ -226,6 +231,13 @@ class EndpointClosed(RuntimeError):
     """A command came after the endpoint stopped."""
 
 
+def _destroy(obj: Any) -> None:
+    """Destroy a pjsua2 object's C++ side now, on this thread (the worker), once. Its Python
+    proxy no longer owns it, so wherever and whenever the proxy is freed, nothing runs."""
+    if obj is not None and obj.thisown:
+        type(obj).__swig_destroy__(obj)
+
+
 def _guarded(method: Callable[P, None]) -> Callable[P, None]:
     """pjsua2 callbacks must not raise: a Python exception inside a SWIG director call
     escapes into pjsua2's C++ callback. Log it and carry on."""
@@ -285,6 +297,11 @@ class _Call(pj.Call):  # type: ignore[misc]
         self.key = key
         self.pipe = pipe
         self.port: AudioPort | None = None
+
+    def release(self) -> None:
+        """Destroy the port (off the bridge) and the call (worker thread, library running)."""
+        _destroy(self.port)
+        _destroy(self)
 
     @_guarded
     def onCallState(self, prm: Any) -> None:  # worker
@@ -525,7 +542,9 @@ class SipEndpoint:
     def _reap(self) -> None:
         """Drop the pjsua2 objects of calls that ended during the last poll."""
         for key in self._finished:
-            self._calls.pop(key, None)
+            call = self._calls.pop(key, None)
+            if call is not None:
+                call.release()
         self._finished.clear()
 
     def _teardown(self) -> None:
@@ -543,13 +562,17 @@ class SipEndpoint:
             try:
                 self._hang_up_all(lib)
             finally:
+                for call in self._calls.values():
+                    call.release()
                 self._calls.clear()
+                _destroy(self._account)
                 self._account = None
                 try:
                     # The BYEs went out above; NO_NETWORK skips pjsua2's fixed one-second wait.
                     lib.libDestroy(pj.PJSUA_DESTROY_NO_NETWORK)
                 except pj.Error as exc:
                     log.warning("pjsua2 destroy failed", extra={"error": exc.info()})
+                _destroy(lib)
                 self._lib = None
         with SipEndpoint._instance_lock:
             SipEndpoint._running = False
