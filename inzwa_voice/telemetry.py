@@ -89,6 +89,20 @@ class Metrics:
         self.active_calls = Gauge("inzwa_active_calls", "Calls in progress by leg", ["leg"], registry=r)
         self.calls = Counter("inzwa_calls", "Finished calls by leg and disposition", ["leg", "disposition"], registry=r)
         self.calls_rejected = Counter("inzwa_calls_rejected", "Calls refused", ["leg", "reason"], registry=r)
+        # Admission as the gateway computes it now (conversation.capacity): beyond these, callers
+        # hear the busy words. Read when scraped.
+        self.capacity_calls = Gauge(
+            "inzwa_capacity_calls", "Calls the cores keep answering (the admission limit now)", registry=r
+        )
+        self.capacity_questions = Gauge(
+            "inzwa_capacity_questions", "Questions in flight the cores answer in time", registry=r
+        )
+        self.questions_in_flight = Gauge(
+            "inzwa_questions_in_flight", "Caller questions waiting for their answer to start", registry=r
+        )
+        self.turn_cost = Gauge(
+            "inzwa_turn_cost_seconds", "Measured inference-slot seconds a question costs", registry=r
+        )
         self.turns = Counter("inzwa_turns", "Caller turns answered", ["leg"], registry=r)
         self.barge_ins = Counter("inzwa_barge_ins", "Bot replies interrupted by the caller", ["leg"], registry=r)
         self.transfers = Counter("inzwa_transfers", "Transfers to a human asked for", ["leg", "reason"], registry=r)

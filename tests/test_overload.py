@@ -20,6 +20,8 @@ from inzwa_voice.conversation.capacity import Capacity, CapacityLimits
 from inzwa_voice.conversation.ports import CallRejected
 from inzwa_voice.conversation.prompts import PromptAudio
 from inzwa_voice.core import CallInfo
+from inzwa_voice.dialplan import DEFAULT_DIALPLAN, Dialplan
+from inzwa_voice.engines.grounding import grounded_system
 from inzwa_voice.engines.runtime import Engines
 from inzwa_voice.engines.scheduler import Priority, Urgency
 from inzwa_voice.legs.audiosocket import ErrorCode
@@ -201,6 +203,33 @@ def test_a_prompt_prepared_in_the_background_becomes_as_urgent_as_the_caller_wai
 
 
 # ----- the real engines: a burst of twenty callers -----
+async def test_health_and_metrics_show_how_close_the_gateway_is_to_refusing(make_server: ServerFactory) -> None:
+    server = await make_server(inference_slots=1, capacity_turn_interval_s=8.0)
+    capacity = server.app[CALLS].capacity
+    turns = [capacity.committed() for _ in range(capacity.turn_limit)]
+    try:
+        async with server.http.get(server.url + "/health") as resp:
+            health = await resp.json()
+        assert health["capacity"] == {
+            "calls": 4,
+            "questions": 3,
+            "questions_in_flight": 3,
+            "turn_cost_s": 2.0,
+            "measured_turns": 0,
+        }
+        store = server.app[CALLS].store
+        assert store is not None and health["instance"] == store.instance
+        async with server.http.get(server.url + "/metrics") as resp:
+            text = await resp.text()
+        for line in ("inzwa_capacity_calls 4.0", "inzwa_capacity_questions 3.0", "inzwa_questions_in_flight 3.0"):
+            assert line in text.splitlines(), line
+    finally:
+        for turn in turns:
+            turn.done()
+    async with server.http.get(server.url + "/metrics") as resp:
+        assert "inzwa_questions_in_flight 0.0" in (await resp.text()).splitlines()
+
+
 async def test_a_burst_of_twenty_callers_is_answered_told_to_hold_or_refused_with_the_busy_message(
     make_server: ServerFactory,
 ) -> None:
@@ -267,3 +296,26 @@ async def test_audiosocket_beyond_capacity_hears_the_busy_message_then_the_error
         await caller.hang_up()
         for turn in turns:
             turn.done()
+
+
+def test_the_model_is_primed_for_the_profile_whose_questions_it_answers() -> None:
+    """The packaged dialplan's default line is Shona, which the model never answers: its cache
+    is primed with the English line's system prompt, which it does."""
+    dialplan = Dialplan.load(DEFAULT_DIALPLAN)
+    english = dialplan.profiles["english_helpline"]
+    assert dialplan.default.profile.language == "sn" and english.language == "en"
+
+    async def main() -> None:
+        llm = FakeLLM()
+        calls = CallManager(
+            load_settings(_env_file=None, inference_slots=1),
+            FakeInference(FakeASR(Phrasebook()), llm=llm),
+            Safety.load(config=SafetyConfig(helpline_number="0800 000 000")),
+            dialplan=dialplan,
+        )
+        await calls.prepare_soon()
+        (primed,) = llm.calls
+        assert primed.max_tokens == 1
+        assert primed.messages[0].content == grounded_system(english.system_prompt)
+
+    run_virtual(main, limit_s=600)

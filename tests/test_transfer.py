@@ -116,10 +116,18 @@ async def test_a_twilio_call_transferred_by_dtmf_zero_is_dialled_by_the_connect_
     record = await store.get_call(events[0].call_id)
     assert record is not None
     outcomes = [e["data"] for e in record["events"] if e["kind"] == "transfer_result"]  # type: ignore[attr-defined]
-    assert [(o["ok"], o["reason"]) for o in outcomes] == [
-        (True, "the stream ends and Twilio dials the target"),
-        (False, "dial busy"),
+    assert [(o["ok"], o["reason"], o.get("talk_s")) for o in outcomes] == [
+        (True, "the stream ends and Twilio dials the target", None),
+        (False, "dial busy", None),
     ]
+    # A second transfer of the same call that reached a person: how long they talked is kept.
+    answered = {**dialled, "DialCallStatus": "completed", "DialCallDuration": "42"}
+    async with server.http.post(action_url, data=answered, headers=signed(action_url, answered)) as resp:
+        assert resp.status == 200
+    record = await store.get_call(events[0].call_id)
+    assert record is not None
+    last = [e["data"] for e in record["events"] if e["kind"] == "transfer_result"][-1]  # type: ignore[attr-defined]
+    assert (last["ok"], last["reason"], last["talk_s"]) == (True, "dial completed", 42)
     # A stream that ended without a transfer: Twilio is told to hang up.
     other = {**form, "CallSid": "CA00000000000000000000000000000002"}
     async with server.http.post(action_url, data=other, headers=signed(action_url, other)) as resp:

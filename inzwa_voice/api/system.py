@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 
 
 async def health(request: web.Request) -> web.Response:
-    engines = request.app[ENGINES]
+    engines, calls = request.app[ENGINES], request.app[CALLS]
     reasons = await degraded(engines)
     return web.json_response(
         {
@@ -46,8 +46,10 @@ async def health(request: web.Request) -> web.Response:
                 "llm": engines.llm.name,
                 "tts": [v.id for v in engines.tts.voices()],
             },
-            "active_calls": len(request.app[CALLS].sessions),
-            "prompts": prompts(request.app[CALLS].preparation),
+            "instance": calls.store.instance if calls.store is not None else None,
+            "active_calls": len(calls.sessions),
+            "capacity": calls.capacity.as_dict(),
+            "prompts": prompts(calls.preparation),
             "legs": legs(request.app),
             "requests_in_flight": request.app[GATE].in_flight,
         }

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from inzwa_voice.config import Settings
-from inzwa_voice.conversation.brain import Brain, Knowledge
+from inzwa_voice.conversation.brain import GROUNDED_LANGUAGES, Brain, Knowledge
 from inzwa_voice.conversation.capacity import Capacity, CapacityLimits
 from inzwa_voice.conversation.ports import CallRejected, Leg
 from inzwa_voice.conversation.prompts import Preparation, PromptAudio
@@ -171,6 +171,7 @@ class CallManager:
                 turn_cost_s=settings.capacity_turn_cost_s,
             )
         )
+        self._export_capacity()
         self._turns = TurnSettings(
             threshold=settings.vad_threshold,
             off_threshold=max(0.05, settings.vad_threshold - 0.15),
@@ -281,6 +282,15 @@ class CallManager:
                         texts.append((knowledge.answer(entry, language, open_now=open_now), voice))
         return list(dict.fromkeys(t for t in texts if t[0]))
 
+    def _export_capacity(self) -> None:
+        """The admission limits as gauges read at each scrape, so an operator sees how close the
+        gateway is to refusing callers (and a dashboard why it did)."""
+        capacity, metrics = self.capacity, self.metrics
+        metrics.capacity_calls.set_function(lambda: capacity.call_limit)
+        metrics.capacity_questions.set_function(lambda: capacity.turn_limit)
+        metrics.questions_in_flight.set_function(lambda: capacity.in_flight)
+        metrics.turn_cost.set_function(lambda: capacity.cost_s)
+
     def prepare_soon(self) -> asyncio.Task[None]:
         """Synthesize ``prompt_texts`` in the background (at start-up, after a reload), so no
         caller waits for a greeting or an authored answer and a burst of calls does not
@@ -295,11 +305,23 @@ class CallManager:
     async def _prepare(self, texts: list[tuple[str, str]]) -> None:
         await asyncio.gather(self.prompts.prepare(texts, self.preparation), self._prime_model())
 
+    def _model_profile(self) -> Profile:
+        """The profile whose callers' questions the model most likely answers: the default
+        route's if the model answers its language, else the first such profile (the packaged
+        dialplan's default line is Shona, which the model never answers, and its English line
+        is), else the default's."""
+        default = self.profile_for(CallInfo(leg="ws"))
+        if default.language in GROUNDED_LANGUAGES or self.dialplan is None:
+            return default
+        answered = (p for p in self.dialplan.profiles.values() if p.language in GROUNDED_LANGUAGES)
+        return next(answered, default)
+
     async def _prime_model(self) -> None:
-        """Leave the default profile's grounded prompt start (its system prompt, the rules and
-        the worked examples: some 350 tokens, 2.3 s on two cores) in the model's cache, so the
-        first caller whose question goes to the model reads only the facts and the question."""
-        system = self.profile_for(CallInfo(leg="ws")).system_prompt
+        """Leave the grounded prompt start (the system prompt, the rules and the worked
+        examples: some 350 tokens, 1.7-2.5 s on two cores) of the profile the model answers for
+        in its cache, so the first caller whose question goes to the model reads only the facts
+        and the question."""
+        system = self._model_profile().system_prompt
         try:
             async with contextlib.aclosing(
                 self.inference.generate(grounded_messages("", [], [], system), max_tokens=1)

@@ -72,6 +72,16 @@ class Capacity:
         served = max(limits.slots, math.floor(limits.slots * limits.turn_interval_s / self.cost_s))
         return min(limits.max_sessions, served)
 
+    def as_dict(self) -> dict[str, object]:
+        """The limits now and what they rest on (``/health``)."""
+        return {
+            "calls": self.call_limit,
+            "questions": self.turn_limit,
+            "questions_in_flight": self.in_flight,
+            "turn_cost_s": round(self.cost_s, 3),
+            "measured_turns": self.measured,
+        }
+
     def refusal(self, calls: int) -> str | None:
         """Why a new call must be refused with ``calls`` already up, or None to admit it."""
         if calls >= self.call_limit:

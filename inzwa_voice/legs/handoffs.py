@@ -85,10 +85,13 @@ async def hand_off(
     return True
 
 
-async def record_transfer(call: Call | None, target: str, *, ok: bool, reason: str) -> None:
+async def record_transfer(call: Call | None, target: str, *, ok: bool, reason: str, talk_s: int | None = None) -> None:
     """A transfer's outcome in the call record (``transfer_result``, shaped as SIP's): ``ok``
-    when the platform takes the caller on, ``reason`` how or why not."""
+    when the platform takes the caller on, ``reason`` how or why not, ``talk_s`` how long the
+    caller then talked with the person, where the platform says."""
     outcome: dict[str, object] = {"target": target, "ok": ok, "status": 0, "reason": reason}
+    if talk_s is not None:
+        outcome["talk_s"] = talk_s
     if call is not None:
         log.info("transfer", extra={"call_id": call.id, **outcome})
         await call.record_event("transfer_result", outcome)

@@ -349,20 +349,22 @@ class TwilioRoutes:
         target = self.handoffs.get(call_sid) if call_sid else None
         status = fields.get("DialCallStatus")
         if status is not None:
-            await self._dial_over(call_sid, target, status[:32])
+            await self._dial_over(call_sid, target, status[:32], _seconds(fields.get("DialCallDuration")))
             return web.Response(text=protocol.hangup_twiml(), content_type="text/xml")
         log.info("twilio connect action", extra={"call_sid": call_sid[:64], "transfer_target": target})
         action_url = self._public_base(request, websocket=False) + ACTION_PATH
         text = protocol.dial_twiml(target, action_url) if target else protocol.hangup_twiml()
         return web.Response(text=text, content_type="text/xml")
 
-    async def _dial_over(self, call_sid: str, target: str | None, status: str) -> None:
+    async def _dial_over(self, call_sid: str, target: str | None, status: str, talk_s: int | None) -> None:
         """Twilio's ``<Dial>`` ended: ``completed`` (or ``answered``) when a person took the
-        caller; ``busy``, ``no-answer``, ``failed`` or ``canceled`` when nobody did."""
-        log.info("twilio dial over", extra={"call_sid": call_sid[:64], "transfer_target": target, "status": status})
+        caller, for ``DialCallDuration`` seconds; ``busy``, ``no-answer``, ``failed`` or
+        ``canceled`` when nobody did."""
+        extra = {"call_sid": call_sid[:64], "transfer_target": target, "status": status, "talk_s": talk_s}
+        log.info("twilio dial over", extra=extra)
         call = self.handoffs.call(call_sid) if call_sid else None
         if target is not None:
-            await record_transfer(call, target, ok=status in DIAL_ANSWERED, reason=f"dial {status}")
+            await record_transfer(call, target, ok=status in DIAL_ANSWERED, reason=f"dial {status}", talk_s=talk_s)
 
     @staticmethod
     async def _form(request: web.Request) -> dict[str, str]:
@@ -464,3 +466,10 @@ def add_routes(app: web.Application, calls: CallStarter, settings: Settings) -> 
     app.router.add_post(VOICE_PATH, routes.voice_webhook)
     app.router.add_get(MEDIA_PATH, routes.media_stream)
     app.router.add_post(ACTION_PATH, routes.connect_action)
+
+
+def _seconds(value: str | None) -> int | None:
+    """A whole number of seconds from a Twilio form field; None when absent or not one."""
+    if value is None or not value.isdigit() or len(value) > 9:
+        return None
+    return int(value)
