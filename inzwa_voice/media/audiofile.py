@@ -33,7 +33,6 @@ Uploads are decoded by :func:`decode_audio` (any of wav, mp3, ogg/opus, flac, aa
 from __future__ import annotations
 
 import io
-import struct
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -43,6 +42,8 @@ import av
 import numpy as np
 import soxr
 from numpy.typing import NDArray
+
+from inzwa_voice.media.wavfile import wav_header
 
 ResponseFormat = Literal["mp3", "opus", "aac", "flac", "wav", "pcm"]
 RESPONSE_FORMATS: Final[tuple[ResponseFormat, ...]] = get_args(ResponseFormat)
@@ -113,27 +114,6 @@ def _pcm16(samples: NDArray[np.int16]) -> NDArray[np.int16]:
 # sent whole, with its true sizes; ``pcm`` is the same samples without a header, as they come.
 
 
-def _wav_header(sample_rate: int, data_bytes: int) -> bytes:
-    """The 44-byte RIFF/WAVE header of ``data_bytes`` of mono 16-bit PCM."""
-    bytes_per_frame = 2
-    return struct.pack(
-        "<4sI4s4sIHHIIHH4sI",
-        b"RIFF",
-        36 + data_bytes,  # the rest of the file: "WAVE", the fmt chunk (24) and the data chunk's header (8)
-        b"WAVE",
-        b"fmt ",
-        16,  # size of the PCM fmt chunk
-        1,  # WAVE_FORMAT_PCM
-        1,  # channels
-        sample_rate,
-        sample_rate * bytes_per_frame,
-        bytes_per_frame,
-        16,  # bits per sample
-        b"data",
-        data_bytes,
-    )
-
-
 class _RawEncoder:
     """``pcm``: PCM16 little-endian as it comes, no header."""
 
@@ -157,7 +137,7 @@ class _WavEncoder:
 
     def finish(self) -> bytes:
         """The header with the true sizes, then the samples (a bare header if none came)."""
-        out = _wav_header(self._sample_rate, len(self._data)) + self._data
+        out = wav_header(self._sample_rate, 1, len(self._data)) + self._data
         self._data = bytearray()
         return out
 

@@ -16,7 +16,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import struct
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Executor, Future
@@ -26,6 +25,7 @@ from typing import BinaryIO, Final
 import numpy as np
 
 from inzwa_voice.core import FRAME_MS, FRAME_SAMPLES, PCM16, PIPELINE_RATE
+from inzwa_voice.media.wavfile import DATA_SIZE_AT, RIFF_SIZE_AT, WAV_HEADER_BYTES, wav_header, wav_size
 
 log = logging.getLogger(__name__)
 
@@ -34,30 +34,6 @@ CHUNK_FRAMES: Final = 25
 MAX_BACKLOG: Final = 8
 """Chunks that may wait for the disk (4 s of audio) before the next ones are dropped."""
 CHANNELS: Final = 2
-_BLOCK: Final = CHANNELS * 2  # bytes per sample frame: two 16-bit samples
-_HEADER: Final = 44
-_RIFF_SIZE_AT: Final = 4
-_DATA_SIZE_AT: Final = 40
-
-
-def _size(value: int) -> bytes:
-    """A header size field; past 4 GiB (18 hours of call) it stays at its maximum, as players expect."""
-    return struct.pack("<I", min(value, 0xFFFFFFFF))
-
-
-def wav_header(data_bytes: int) -> bytes:
-    """The 44-byte header of a PCM WAV holding ``data_bytes`` of two-channel 16-bit audio."""
-    rate = PIPELINE_RATE
-    fmt = struct.pack("<HHIIHH", 1, CHANNELS, rate, rate * _BLOCK, _BLOCK, 16)
-    return (
-        b"RIFF"
-        + _size(_HEADER - 8 + data_bytes)
-        + b"WAVEfmt "
-        + struct.pack("<I", len(fmt))
-        + fmt
-        + b"data"
-        + _size(data_bytes)
-    )
 
 
 class TwoChannelWav:
@@ -125,7 +101,8 @@ class TwoChannelWav:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         file = open(self.path, "wb", buffering=0)  # noqa: SIM115 - closed by ``_close``, chunks later
         try:
-            file.write(wav_header(0))  # so even a call that dies at once leaves a valid, empty file
+            # So even a call that dies at once leaves a valid, empty file.
+            file.write(wav_header(PIPELINE_RATE, CHANNELS, 0))
         except OSError:
             file.close()
             raise
@@ -138,8 +115,8 @@ class TwoChannelWav:
             self._file.write(data)
             self._data_bytes += len(data)
             fd = self._file.fileno()
-            os.pwrite(fd, _size(_HEADER - 8 + self._data_bytes), _RIFF_SIZE_AT)
-            os.pwrite(fd, _size(self._data_bytes), _DATA_SIZE_AT)
+            os.pwrite(fd, wav_size(WAV_HEADER_BYTES - 8 + self._data_bytes), RIFF_SIZE_AT)
+            os.pwrite(fd, wav_size(self._data_bytes), DATA_SIZE_AT)
         except OSError as exc:
             self._failed = True  # a full disk: keep what is written, stop trying
             log.error("call recording write failed", extra={"path": str(self.path), "error": str(exc)})
