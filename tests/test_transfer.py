@@ -128,6 +128,14 @@ async def test_a_twilio_call_transferred_by_dtmf_zero_is_dialled_by_the_connect_
     assert record is not None
     last = [e["data"] for e in record["events"] if e["kind"] == "transfer_result"][-1]  # type: ignore[attr-defined]
     assert (last["ok"], last["reason"], last["talk_s"]) == (True, "dial completed", 42)
+    # A duration that is no whole number of seconds is left out, not a server error.
+    odd = {**answered, "DialCallDuration": "4²"}
+    async with server.http.post(action_url, data=odd, headers=signed(action_url, odd)) as resp:
+        assert resp.status == 200
+    record = await store.get_call(events[0].call_id)
+    assert record is not None
+    last = [e["data"] for e in record["events"] if e["kind"] == "transfer_result"][-1]  # type: ignore[attr-defined]
+    assert (last["ok"], "talk_s" in last) == (True, False)
     # A stream that ended without a transfer: Twilio is told to hang up.
     other = {**form, "CallSid": "CA00000000000000000000000000000002"}
     async with server.http.post(action_url, data=other, headers=signed(action_url, other)) as resp:

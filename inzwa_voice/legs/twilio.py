@@ -470,6 +470,6 @@ def add_routes(app: web.Application, calls: CallStarter, settings: Settings) -> 
 
 def _seconds(value: str | None) -> int | None:
     """A whole number of seconds from a Twilio form field; None when absent or not one."""
-    if value is None or not value.isdigit() or len(value) > 9:
+    if value is None or not (value.isascii() and value.isdigit()) or len(value) > 9:  # "²" is a digit too
         return None
     return int(value)
