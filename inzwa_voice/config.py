@@ -112,6 +112,13 @@ class Settings(BaseSettings):
         "completion; 'auto': the packaged model's own way, or chat when the GGUF carries a template.",
     )
     llm_context: int = Field(2048, ge=256, le=131072)
+    llm_saved_states_mb: int = Field(
+        128,
+        ge=0,
+        le=65536,
+        description="llama-cpp: memory for the KV states of conversations read ahead (about 12 KB a token for "
+        "the packaged model), so each call's next turn reads only its question; 0 turns it off.",
+    )
     llm_threads: int | None = Field(None, ge=1, le=64, description="llama.cpp threads; default: cores / slots.")
     llm_max_tokens: int = Field(160, ge=1, le=4096, description="Default cap on generated tokens.")
     llm_temperature: float = Field(0.3, ge=0.0, le=2.0)

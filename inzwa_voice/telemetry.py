@@ -6,9 +6,12 @@ Every series the gateway exports is declared here, so ``/metrics`` is documented
 from __future__ import annotations
 
 import platform
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, generate_latest
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
 
 from inzwa_voice import __version__
 
@@ -70,7 +73,8 @@ class Metrics:
         )
         self.inference_runs = Counter(
             "inzwa_inference_runs",
-            "Model runs asked of the inference scheduler: ran, or dropped (cancelled while queued)",
+            "Model runs asked of the inference scheduler: ran, dropped (cancelled while queued), or, having run, "
+            "gave_way (a read-ahead ended for a more urgent run)",
             ["engine", "priority", "outcome"],
             registry=r,
         )
@@ -124,9 +128,31 @@ class Metrics:
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
+        self.prompt_use = _PromptUse()
+        r.register(self.prompt_use)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class _PromptUse(Collector):
+    """``inzwa_llm_prompt_tokens_total``, read at each scrape from the LLM engine's own counts
+    (``source``, set once the engines are loaded): how much of its prompts the model read and how
+    much it found already read, in its context or in a saved state."""
+
+    def __init__(self) -> None:
+        self.source: Callable[[], Mapping[str, int]] = dict
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        family = CounterMetricFamily(
+            "inzwa_llm_prompt_tokens",
+            "Prompt tokens of the local LLM by how it got them: read (evaluated), reused (still in its "
+            "context), restored (from a saved state of a conversation read ahead)",
+            labels=["how"],
+        )
+        for how, count in sorted(self.source().items()):
+            family.add_metric([how], count)
+        yield family
 
 
 def _peak_rss_bytes() -> float:

@@ -14,11 +14,13 @@ from collections.abc import Awaitable, Callable
 import pytest
 
 from inzwa_voice.config import load_settings
+from inzwa_voice.conversation.brain import FACTS
 from inzwa_voice.conversation.calls import CallEvent, CallManager
 from inzwa_voice.conversation.prompts import Preparation, PromptAudio
 from inzwa_voice.conversation.session import CallSession
 from inzwa_voice.core import CallInfo, Profile
 from inzwa_voice.dialplan import DEFAULT_DIALPLAN, Dialplan
+from inzwa_voice.engines.base import ChatMessage
 from inzwa_voice.safety import Safety, SafetyConfig
 from tests.timeline import (
     Caller,
@@ -322,6 +324,38 @@ def test_on_one_slot_a_callers_stretch_gets_in_between_another_calls_tokens_and_
     run_virtual(main, limit_s=600)
 
 
+def test_while_the_caller_listens_the_conversation_is_read_ahead_and_never_holds_up_an_answer() -> None:
+    llm = FakeLLM(ANSWER, prime_steps=100, prime_step_s=0.05)  # reading ahead would take 5 s
+
+    async def body(call: Call) -> None:
+        leg = call.leg
+        await call.caller.run([wait_until(greeted(leg)), speak(1000, "where is the clinic"), pause(6000)])
+        after_greeting, after_answer = llm.primes
+        # Read once the greeting had been played: the prompt the caller's first words would get.
+        greeting_end = leg.events("tts.end")[0].at
+        assert after_greeting.started >= greeting_end
+        assert after_greeting.messages[-2:] == [
+            ChatMessage("assistant", PROFILE.greeting),
+            ChatMessage("user", ""),
+        ]
+        # The answer did not wait for it: it stopped within one step of the answer asking.
+        (answered,) = llm.calls
+        assert after_greeting.outcome == "closed" and after_greeting.steps < 100
+        assert after_greeting.ended is not None and after_greeting.ended <= answered.started + 0.05
+        first_token_at = answered.pieces[0][0]
+        assert first_token_at - answered.started <= 0.2 + 0.05  # its first token's latency, and one step
+        # Read again once the answer had been heard, with the turn in it.
+        answer_end = leg.events("tts.end")[-1].at
+        assert after_answer.started >= answer_end
+        assert after_answer.messages[-3:] == [
+            ChatMessage("user", "where is the clinic"),
+            ChatMessage("assistant", ANSWER),
+            ChatMessage("user", ""),
+        ]
+
+    scripted(body, llm=llm)
+
+
 def test_the_transcript_comes_before_the_answer_even_when_the_answer_is_ready_first() -> None:
     """Fast engines: the reply is decoded, generated and synthesized during the 300→700 ms of
     endpoint silence, before the caller's turn is over."""
@@ -542,7 +576,9 @@ def test_the_model_never_speaks_a_number_or_name_it_was_not_given() -> None:
             [wait_until(greeted(call.leg)), speak(1000, "what is the capital of france"), pause(8000)]
         )
         (asked,) = call.engines.llm.calls
-        assert "Facts:" in asked.messages[-1].content  # grounded on the closest entries
+        facts = asked.messages[-1].content.split("\n\n")[0].splitlines()
+        assert facts[0] == "Facts:" and len(facts) == 1 + FACTS  # grounded on the closest entries
+        assert not any("connecting you" in fact for fact in facts)  # a handover is no fact
         spoken = [str(e.event["text"]) for e in call.leg.events("llm.partial")]
         assert not any("Paris" in t or "6:30" in t for t in spoken)
         assert spoken[-1] == "I'm sorry, I don't know that. Shall I connect you to a counsellor?"

@@ -15,6 +15,7 @@ from inzwa_voice.config import Settings, SettingsError, load_settings
 from inzwa_voice.engines import grounding, models
 from inzwa_voice.engines.base import PROMPT_READ, ChatMessage
 from inzwa_voice.engines.llm import llamacpp
+from inzwa_voice.engines.llm.states import SavedStates
 
 CLINIC = "The Harare Central clinic opens at 7:30 in the morning and closes at 4 in the afternoon, Monday to Saturday."
 FOOD = "Food parcels are given out at the district social welfare office on Wednesdays. Bring your national ID card."
@@ -72,6 +73,58 @@ async def test_a_long_prompt_is_read_in_steps_a_dropped_reader_can_leave_between
     steps.close()  # the speculative answer was dropped
     assert instruct._llm.n_tokens == llamacpp.PREFILL_CHUNK < prompt_tokens
     assert await answer(instruct, messages, max_tokens=16) == fresh
+
+
+async def test_a_conversation_read_ahead_is_kept_while_other_calls_use_the_model(
+    instruct: llamacpp.LlamaCppLLM,
+) -> None:
+    """A call's conversation is read ahead (``prime``) and saved; another call's question then
+    fills the model's one context; the first call's next question gets the saved state back, and
+    reads only its own turn: the same answer as from a cold cache, with fewer tokens read."""
+    history = [
+        ChatMessage("assistant", "Hello, you have reached the helpline. How can I help you?"),
+        ChatMessage("user", "What time does the clinic open?"),
+        ChatMessage("assistant", "The clinic opens at 7:30 in the morning."),
+    ]
+    next_turn = grounding.grounded_messages("Which day can I collect food?", [FOOD, CLINIC], history, "")
+    other_call = grounding.grounded_messages("Is the HIV test free?", [HIV], [], "")
+    instruct.reset_cache()
+    read_before = instruct.prompt_use["read"]
+    cold = await answer(instruct, next_turn, max_tokens=16)
+    cold_read = instruct.prompt_use["read"] - read_before
+
+    instruct.reset_cache()
+    async for piece in instruct.prime(grounding.grounded_messages("", [], history, "")):
+        assert piece == PROMPT_READ
+    await answer(instruct, other_call, max_tokens=8)
+    before = dict(instruct.prompt_use)
+    assert await answer(instruct, next_turn, max_tokens=16) == cold
+    restored = instruct.prompt_use["restored"] - before["restored"]
+    read = instruct.prompt_use["read"] - before["read"]
+    history_tokens = len(instruct.prompt_tokens(grounding.grounded_messages("", [], history, "")))
+    assert restored > history_tokens - 40  # all but the read-ahead's empty question
+    assert read + restored == len(instruct.prompt_tokens(next_turn, 16)) - 1  # the last is read by sampling
+    assert read < cold_read / 3
+
+
+def test_saved_states_are_found_by_their_tokens_bounded_and_replaced_by_a_newer_read() -> None:
+    states = SavedStates(limit_bytes=10)
+    first_call = list(range(100))
+    assert states.add(first_call, b"a" * 4)
+    assert states.add([*range(50), *range(1000, 1100)], b"b" * 4)  # another call: shares the system part
+    shared, best = states.best([*range(80), 5000])
+    assert shared == 80 and best is not None and best.data == b"a" * 4
+    # The first call read again a turn later: all but the old read's last few tokens are in the
+    # new one, which replaces it.
+    assert states.add([*range(90), *range(2000, 2050)], b"c" * 4)
+    assert len(states) == 2 and states.bytes == 8
+    assert states.best(first_call)[1].data == b"c" * 4  # type: ignore[union-attr]
+    # Over the limit, the least recently used goes first ("b": "c" was just looked up).
+    assert states.add([7, 7, 7], b"d" * 4)
+    assert len(states) == 2 and states.best([*range(50), 1000])[0] == 50
+    assert states.best([*range(50), 1000])[1].data == b"c" * 4  # type: ignore[union-attr]
+    assert not states.add([1], b"e" * 11)  # alone over the limit: not kept
+    assert len(states) == 2
 
 
 async def test_a_question_asked_again_is_answered_again_not_continued(instruct: llamacpp.LlamaCppLLM) -> None:

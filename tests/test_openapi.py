@@ -492,6 +492,14 @@ class BreaksOff:
         yield "The sea is wide. "
         raise RuntimeError("the model broke off")
 
+    async def prime(self, messages: list[ChatMessage]) -> AsyncGenerator[str, None]:
+        return
+        yield  # reads nothing ahead
+
+    @property
+    def prompt_use(self) -> dict[str, int]:
+        return {}  # nothing is read
+
     def warm(self) -> None:
         pass
 

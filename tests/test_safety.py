@@ -320,9 +320,9 @@ async def test_a_pattern_split_across_phrases_is_still_caught(safety: Safety) ->
 
 
 async def test_a_leaked_role_tag_ends_the_answer(safety: Safety) -> None:
-    upstream = Upstream(words("I understand, that sounds hard.\nUser: thanks. Assistant: You are welcome."))
+    upstream = Upstream(words("I understand that it is hard.\nUser: thanks. Assistant: You are welcome."))
     chunks, events = await run(safety, upstream)
-    assert chunks == ["I understand, that sounds hard.\n"]
+    assert chunks == ["I understand that it is hard.\n"]
     assert events == [("role_tag", "user")]
     assert upstream.closed
 
@@ -455,12 +455,15 @@ def test_a_missing_data_file_is_named(data_copy: Path) -> None:
 async def test_the_first_phrase_may_end_at_a_comma_so_speech_starts_sooner(safety: Safety) -> None:
     text = "Yes, I can help you with that, of course. Tell me where you live, and what happened."
     chunks, _ = await run(safety, Upstream(words(text)))
-    # "Yes, " is too short to speak alone; the first clause of 20+ characters is.
+    # "Yes, " is too short to speak alone; the first clause of 12+ characters is, and later
+    # clauses only from 48 characters.
     assert chunks == [
         "Yes, I can help you with that, ",
         "of course. ",
         "Tell me where you live, and what happened.",
     ]
+    chunks, _ = await run(safety, Upstream(words("I don't know that, shall I connect you to a counsellor?")))
+    assert chunks == ["I don't know that, ", "shall I connect you to a counsellor?"]
 
 
 async def test_a_slow_unpunctuated_phrase_is_released_after_the_time_cap() -> None:

@@ -122,6 +122,12 @@ async def tokens(log: Log, name: str, count: int, seconds: float) -> AsyncGenera
         yield f"{name} {k}"
 
 
+async def generate(scheduler: Scheduler, log: Log, name: str, steps: int, *, gives_way: bool = False) -> None:
+    """A generation of ``steps`` tokens through the scheduler, as the LLM's are (exclusive)."""
+    async for _ in scheduler.stream("llm", tokens(log, name, steps, 0.1), exclusive=True, gives_way=gives_way):
+        pass
+
+
 def test_a_stream_holds_a_slot_per_step_so_a_final_decode_gets_in_between_tokens() -> None:
     async def main() -> None:
         metrics = Metrics()
@@ -168,13 +174,9 @@ def test_exclusive_streams_of_one_engine_do_not_interleave() -> None:
     async def main() -> None:
         scheduler, log = Scheduler(2, Metrics()), Log()
 
-        async def generate(name: str) -> None:
-            async for _ in scheduler.stream("llm", tokens(log, name, 2, 0.1), exclusive=True):
-                pass
-
-        first = at(Urgency(Priority.SPECULATIVE), generate("first"))
+        first = at(Urgency(Priority.SPECULATIVE), generate(scheduler, log, "first", 2))
         await settle()
-        second = at(Urgency(Priority.FIRST_PHRASE), generate("second"))
+        second = at(Urgency(Priority.FIRST_PHRASE), generate(scheduler, log, "second", 2))
         decode = at(Urgency(Priority.SPECULATIVE), log.work(scheduler, "asr", "decode", 0.05))
         await asyncio.gather(first, second, decode)
         # One llama.cpp context: the second generation waits for the first to end, while the
@@ -187,6 +189,34 @@ def test_exclusive_streams_of_one_engine_do_not_interleave() -> None:
             "second 0",
             "second 1",
         ]
+
+    run_virtual(main, limit_s=10)
+
+
+def test_a_read_ahead_gives_way_to_a_more_urgent_generation_at_its_next_step() -> None:
+    async def main() -> None:
+        metrics = Metrics()
+        scheduler, log = Scheduler(1, metrics), Log()
+
+        read_ahead = at(Urgency(Priority.BACKGROUND), generate(scheduler, log, "read", 10, gives_way=True))
+        await asyncio.sleep(0.25)
+        answer = at(Urgency(Priority.FIRST_PHRASE), generate(scheduler, log, "answer", 2))
+        await asyncio.gather(read_ahead, answer)
+        # Exclusive, it would have kept the answer waiting for its ten steps; it ends at its
+        # next step instead, and the answer starts once the step under way is done.
+        assert [e for _, e in log.events] == ["read 0", "read 1", "read 2", "answer 0", "answer 1"]
+        assert [t for t, e in log.events if e == "answer 0"] == pytest.approx([0.4])
+        assert runs(metrics, "llm", "background", "gave_way") == 1
+
+        # Another read-ahead, or anything of another engine, does not stop it.
+        log.events.clear()
+        reads = [at(Urgency(Priority.BACKGROUND), generate(scheduler, log, "first", 3, gives_way=True))]
+        await asyncio.sleep(0.05)
+        reads.append(at(Urgency(Priority.BACKGROUND), generate(scheduler, log, "second", 1, gives_way=True)))
+        await asyncio.gather(*reads, at(Urgency(Priority.FINAL), log.work(scheduler, "asr", "decode", 0.05)))
+        order = ["first 0", "decode start", "decode end", "first 1", "first 2", "second 0"]
+        assert [e for _, e in log.events] == order
+        assert runs(metrics, "llm", "background", "gave_way") == 1
 
     run_virtual(main, limit_s=10)
 

@@ -267,6 +267,11 @@ inzwa_inference_runs_total{engine="asr",priority="final",outcome="ran"} 2.0
 inzwa_inference_runs_total{engine="asr",priority="partial",outcome="ran"} 5.0
 inzwa_inference_runs_total{engine="asr",priority="partial",outcome="dropped"} 2.0
 inzwa_inference_runs_total{engine="llm",priority="first_phrase",outcome="ran"} 2.0
+inzwa_inference_runs_total{engine="llm",priority="background",outcome="ran"} 3.0
+inzwa_inference_runs_total{engine="llm",priority="background",outcome="gave_way"} 1.0
+# TYPE inzwa_llm_prompt_tokens_total counter
+inzwa_llm_prompt_tokens_total{how="read"} 240.0
+inzwa_llm_prompt_tokens_total{how="restored"} 900.0
 # TYPE inzwa_inference_queue_seconds histogram
 inzwa_inference_queue_seconds_bucket{engine="asr",priority="final",le="0.01"} 2.0
 inzwa_inference_queue_seconds_bucket{engine="asr",priority="final",le="0.1"} 3.0
@@ -285,13 +290,17 @@ def test_per_turn_costs_come_from_the_metrics_the_gateway_has() -> None:
     cost = round_cost(parse(BEFORE), parse(AFTER), turns=4)
     assert (cost["asr_decodes_per_turn"], cost["llm_runs_per_turn"], cost["cpu_s_per_turn"]) == (2.0, 0.75, 1.5)
     assert cost["queue_wait_ms"] is None and cost["runs_by_priority"] is None  # no scheduler: said so
+    assert cost["llm_prompt_tokens_per_turn"] is None
 
 
 def test_a_scheduler_s_runs_and_queue_waits_are_used_when_exported() -> None:
     cost = round_cost(parse(BEFORE), parse(AFTER + QUEUED), turns=2)
-    assert (cost["asr_decodes_per_turn"], cost["llm_runs_per_turn"]) == (3.5, 1.0)  # dropped work is no run
+    # Dropped work is no run, and a read-ahead while the caller listens is no run of the turn.
+    assert (cost["asr_decodes_per_turn"], cost["llm_runs_per_turn"]) == (3.5, 1.0)
+    assert cost["llm_read_aheads_per_turn"] == 1.5
+    assert cost["llm_prompt_tokens_per_turn"] == {"read": 120.0, "restored": 450.0}
     assert cost["runs_by_priority"] == {
         "asr": {"final": {"ran": 2}, "partial": {"dropped": 2, "ran": 5}},
-        "llm": {"first_phrase": {"ran": 2}},
+        "llm": {"background": {"gave_way": 1, "ran": 3}, "first_phrase": {"ran": 2}},
     }
     assert cost["queue_wait_ms"] == {"final": {"n": 3, "mean_ms": 30.0, "p95_ms": 100.0}, "partial": None}

@@ -323,11 +323,7 @@ class CallManager:
         and the question."""
         system = self._model_profile().system_prompt
         try:
-            async with contextlib.aclosing(
-                self.inference.generate(grounded_messages("", [], [], system), max_tokens=1)
-            ) as pieces:
-                async for _ in pieces:
-                    pass
+            await self.inference.prime(grounded_messages("", [], [], system))
         except Exception as exc:  # a remote model that is down: the calls will say so, not this
             log.warning("the model could not be primed", extra={"error": str(exc)[:200]})
 

@@ -163,6 +163,7 @@ class Responder:
         leg: Leg,
         inference: Inference,
         decide: Callable[[str, Dialog, list[ChatMessage]], Awaitable[Answer]],
+        prompt_start: Callable[[list[ChatMessage]], list[ChatMessage] | None],
         voice_for: Callable[[str], str],
         memory: Memory,
         outbox: Outbox,
@@ -180,6 +181,7 @@ class Responder:
         self._leg = leg
         self._inference = inference
         self._decide = decide
+        self._prompt_start = prompt_start
         self._voice_for = voice_for
         self._memory = memory
         self._outbox = outbox
@@ -197,6 +199,7 @@ class Responder:
         self.current: Reply | None = None  # committed, playing
         self.speculative: Reply | None = None
         self._utterance: Utterance | None = None  # the caller's turn in progress (and one they went on with)
+        self._reading_ahead: asyncio.Task[None] | None = None
 
     # ----- what the session asks -----
     @property
@@ -351,6 +354,8 @@ class Responder:
             if utterance is not None:
                 utterance.cancel()
         self.current = self.speculative = self._utterance = None
+        if self._reading_ahead is not None:
+            self._reading_ahead.cancel()
 
     # ----- stages -----
     async def _transcribe(self, reply: Reply) -> str:
@@ -433,6 +438,7 @@ class Responder:
         await self._played(reply)
         self._memory.add("assistant", reply.full_text)
         self._finish(reply, ReplyState.PLAYED)
+        self._read_ahead()
         self._on_played(reply)
 
     async def _prompt(self, reply: Reply, text: str, arm_idle: bool = True, voice: str | None = None) -> None:
@@ -448,6 +454,7 @@ class Responder:
         await self._played(reply)
         self._memory.add("assistant", text)
         self._finish(reply, ReplyState.PLAYED, arm_idle=arm_idle)
+        self._read_ahead()
 
     async def _hold_prompt(self, reply: Reply) -> None:
         """A slow answer: say the hold prompt once, so the caller knows someone is there. At
@@ -498,6 +505,31 @@ class Responder:
                 log.exception("the apology could not be spoken", extra={"call_id": self._call_id})
         self._memory.add("assistant", reply.heard(self._leg.played_frames))
         self._finish(reply, ReplyState.FAILED)
+
+    def _read_ahead(self) -> None:
+        """The bot has said its piece and the caller listens: read the conversation so far into
+        the model now, at background urgency, so that if the caller's next words go to the
+        model it reads only their facts and question (a call's history is 100-500 tokens, half a
+        second to two seconds on two cores, which the caller would otherwise wait for)."""
+        if self._reading_ahead is not None:
+            self._reading_ahead.cancel()
+        self._reading_ahead = None
+        messages = self._prompt_start(self._memory.messages)
+        if messages is None:
+            return
+        task = asyncio.get_running_loop().create_task(
+            self._inference.prime(messages), context=Urgency(Priority.BACKGROUND).context()
+        )
+        task.add_done_callback(self._read_ahead_done)
+        self._reading_ahead = task
+
+    def _read_ahead_done(self, task: asyncio.Task[None]) -> None:
+        if self._reading_ahead is task:
+            self._reading_ahead = None
+        if not task.cancelled() and task.exception() is not None:
+            log.warning(
+                "reading the conversation ahead failed", exc_info=task.exception(), extra={"call_id": self._call_id}
+            )
 
     # ----- output -----
     async def _queue_phrase(self, reply: Reply, phrase: Phrase) -> None:

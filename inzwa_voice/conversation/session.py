@@ -108,6 +108,7 @@ class CallSession:
             leg=leg if self._recording is None else self._recording.leg(leg),
             inference=inference,
             decide=self._decide,
+            prompt_start=self._prompt_start,
             voice_for=self._voice_for,
             memory=Memory(profile.system_prompt),
             outbox=self._outbox,
@@ -331,6 +332,11 @@ class CallSession:
             knowledge=self._knowledge,
             dialog=dialog,
             history=history,
+        )
+
+    def _prompt_start(self, history: list[ChatMessage]) -> list[ChatMessage] | None:
+        return self._brain.prompt_start(
+            history, profile=self.profile, language=self.profile.language, knowledge=self._knowledge
         )
 
     def _voice_for(self, language: str) -> str:

@@ -11,7 +11,7 @@ against these protocols, and only ``engines.loading`` knows the implementations.
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Iterator, Sequence
+from collections.abc import AsyncGenerator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol, runtime_checkable
 
@@ -146,6 +146,18 @@ class LLM(Protocol):
         may also yield ``PROMPT_READ`` while it reads a long prompt (see that constant)."""
         ...
 
+    def prime(self, messages: list[ChatMessage]) -> AsyncGenerator[str, None]:
+        """Read the prompt ``messages`` make and keep it, so a later prompt that starts the same
+        way reads only what follows; yields ``PROMPT_READ`` after each part it reads, and
+        closing it stops the reading. A remote engine reads nothing (its server keeps its own
+        prefix cache)."""
+        ...
+
+    @property
+    def prompt_use(self) -> Mapping[str, int]:
+        """Prompt tokens so far, by how the engine got them (a remote engine's server counts its own)."""
+        ...
+
     def warm(self) -> None:
         """Page the model in before the first caller (blocking); a remote engine does nothing."""
         ...
@@ -223,6 +235,12 @@ class Inference(Protocol):
         stop: list[str] | None = None,
     ) -> AsyncGenerator[str, None]:
         """The LLM's text pieces; closing the generator stops generation."""
+        ...
+
+    async def prime(self, messages: list[ChatMessage]) -> None:
+        """Read the prompt ``messages`` make into the model's cache while nobody waits for it
+        (at the urgency of the caller's context, and giving way to any other generation), so the
+        next generation that starts the same way reads only what follows."""
         ...
 
     @property

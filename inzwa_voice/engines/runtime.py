@@ -60,6 +60,7 @@ class Engines:
 
     def __post_init__(self) -> None:
         self.scheduler = Scheduler(self.slots, self.metrics)
+        self.metrics.prompt_use.source = lambda: self.llm.prompt_use
 
     # --- ASR ---
     async def transcribe(self, audio: Float32, *, language: str | None = None, prompt: str | None = None) -> Transcript:
@@ -148,6 +149,16 @@ class Engines:
             self.metrics.llm_generations.labels(outcome).inc()
             self.metrics.inference_seconds.labels("llm", "generate").observe(time.perf_counter() - started)
             await source.aclose()
+
+    async def prime(self, messages: list[ChatMessage]) -> None:
+        """``LLM.prime`` through the scheduler, giving way to any more urgent generation. Not
+        for a remote server, whose own prefix cache keeps what it read."""
+        if not self.local_llm:
+            return
+        source = self.scheduler.stream("llm", self.llm.prime(messages), exclusive=True, gives_way=True)
+        async with aclosing(source):
+            async for _ in source:
+                pass
 
     # --- sentence embeddings ---
     async def embed(self, texts: Sequence[str]) -> Float32:

@@ -18,6 +18,9 @@ How work holds a slot:
   endpoint, or for its own TTS) holds nothing. A stream is one run however many steps it takes.
 * ``exclusive`` streams of one engine do not interleave: llama.cpp has one context per process,
   so a second generation waits for the first to end instead of holding a slot it cannot use.
+* A stream that ``gives_way`` (reading a conversation into the model's cache ahead of its next
+  turn) ends at its next step when a more urgent run of its engine waits: nobody waits for it,
+  and an exclusive one would otherwise keep a caller's answer waiting until it had read all.
 
 Urgency travels with the work, not the call site: a call sets an :class:`Urgency` on the tasks
 of a turn (``Urgency.context()``) and raises it as the work becomes needed (a stretch decoded
@@ -52,6 +55,7 @@ class Priority(enum.IntEnum):
     FIRST_PHRASE = 1  # a committed reply until its first phrase is ready; fixed prompts
     SPECULATIVE = 2  # stretches decoded while the caller goes on; speculative replies; later phrases
     REST = 3  # REST requests, and any work no call claimed
+    BACKGROUND = 4  # work for a later turn: a call's conversation read into the model's cache
 
     @property
     def label(self) -> str:
@@ -146,7 +150,7 @@ class Scheduler:
         return await asyncio.wrap_future(job)
 
     async def stream(
-        self, engine: str, source: AsyncGenerator[T, None], *, exclusive: bool = False
+        self, engine: str, source: AsyncGenerator[T, None], *, exclusive: bool = False, gives_way: bool = False
     ) -> AsyncGenerator[T, None]:
         """``source``'s items, each produced while holding a slot (see the module's docstring)."""
         run = self._run(engine, exclusive=exclusive)
@@ -158,6 +162,9 @@ class Scheduler:
                         await self._admit(run)
                         first = False
                     else:
+                        if gives_way and self._wanted(run):
+                            self._metrics.inference_runs.labels(engine, run.urgency.priority.label, "gave_way").inc()
+                            return
                         await self._acquire(run)
                     try:
                         item = await anext(source)
@@ -206,6 +213,11 @@ class Scheduler:
             raise
         finally:
             run.granted = None
+
+    def _wanted(self, run: _Run) -> bool:
+        """A more urgent run of ``run``'s engine waits."""
+        priority = run.urgency.priority
+        return any(other.engine == run.engine and other.urgency.priority < priority for other in self._waiting)
 
     def _grantable(self, run: _Run) -> bool:
         owner = self._owners.get(run.engine)

@@ -1,7 +1,9 @@
 """What a round of calls cost the gateway, read from its ``/metrics`` before and after the round.
 
 Per turn: ASR decodes and LLM runs (a gateway that re-decodes the whole utterance at every pause
-shows many more decodes than the question has sentences), the gateway process's CPU seconds,
+shows many more decodes than the question has sentences), apart from them the LLM's read-aheads
+of a conversation while its caller listens, and the prompt tokens the LLM read, found in its
+context or restored from a saved state, the gateway process's CPU seconds,
 and, where the gateway has an inference scheduler that exports it, the time work waited in its
 queue per priority. The mean of each stage of the turn latency comes from the gateway's own
 histogram, so legs without events (Twilio, AudioSocket) get a stage split too.
@@ -23,6 +25,8 @@ QUEUE_WAIT = "inzwa_inference_queue_seconds"  # histogram by engine and priority
 STAGES = "inzwa_turn_latency_seconds"
 CPU = "process_cpu_seconds_total"
 PEAK_RSS = "inzwa_process_peak_rss_bytes"
+PROMPT_TOKENS = "inzwa_llm_prompt_tokens_total"  # by how: read, reused, restored
+BACKGROUND = "background"  # the scheduler's priority of read-aheads
 
 Labels = dict[str, str]
 
@@ -72,7 +76,8 @@ def model_runs(before: Scrape, after: Scrape, engine: str) -> float:
     """How many times ``engine`` ran in between: the scheduler's ``ran`` outcome where the
     gateway has it (work dropped before it started is not a run), else every model call."""
     if after.has(RUNS):
-        return delta(before, after, RUNS, engine=engine, outcome="ran")
+        ran = delta(before, after, RUNS, engine=engine, outcome="ran")
+        return ran - delta(before, after, RUNS, engine=engine, outcome="ran", priority=BACKGROUND)
     if engine == "llm":
         return delta(before, after, LLM_GENERATIONS)
     return delta(before, after, ENGINE_CALLS, engine=engine)
@@ -89,6 +94,15 @@ def runs_by_priority(before: Scrape, after: Scrape) -> dict[str, dict[str, dict[
         engine, priority = labels.get("engine", "?"), labels.get("priority", "all")
         counts.setdefault(engine, {}).setdefault(priority, {})[labels.get("outcome", "?")] = grown
     return counts
+
+
+def prompt_tokens(before: Scrape, after: Scrape, turns: int) -> dict[str, float] | None:
+    """The LLM's prompt tokens per turn by how it got them; None where the gateway does not say."""
+    if not after.has(PROMPT_TOKENS):
+        return None
+    old = before.by(PROMPT_TOKENS, "how")
+    grown = {how: n - old.get(how, 0.0) for how, n in after.by(PROMPT_TOKENS, "how").items()}
+    return {how: round(n / max(turns, 1), 1) for how, n in sorted(grown.items())}
 
 
 def _quantile_ms(buckets: dict[str, float], q: float) -> float | None:
@@ -151,6 +165,10 @@ def round_cost(before: Scrape, after: Scrape, turns: int) -> dict[str, Any]:
         # decode thrown away) still ran to its end but is not counted: a lower bound.
         "runs_counted_from": RUNS if after.has(RUNS) else "finished model calls (lower bound)",
         "llm_runs_per_turn": round(model_runs(before, after, "llm") / per_turn, 2),
+        "llm_read_aheads_per_turn": round(
+            delta(before, after, RUNS, engine="llm", outcome="ran", priority=BACKGROUND) / per_turn, 2
+        ),
+        "llm_prompt_tokens_per_turn": prompt_tokens(before, after, turns),
         "cpu_s_per_turn": round(cpu / per_turn, 2),
         "cpu_s": round(cpu, 1),
         "peak_rss_mb": round(after.total(PEAK_RSS) / 2**20, 1),

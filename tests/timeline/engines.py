@@ -20,13 +20,14 @@ import asyncio
 import contextlib
 import re
 from collections.abc import AsyncGenerator, Iterator, Sequence
+from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
 import numpy as np
 
 from inzwa_voice.core import FRAME_SAMPLES, PCM16, PIPELINE_RATE, Float32
-from inzwa_voice.engines.base import VAD, ChatMessage, Embedder, Segment, Transcript
+from inzwa_voice.engines.base import PROMPT_READ, VAD, ChatMessage, Embedder, Segment, Transcript
 from inzwa_voice.engines.scheduler import Scheduler
 from inzwa_voice.telemetry import Metrics
 from tests.timeline.clock import now
@@ -191,13 +192,45 @@ class LLMCall:
         return "".join(piece for _, piece in self.pieces)
 
 
+@dataclass
+class PrimeCall:
+    """One read-ahead of a prompt start: when it began and ended, and how (``done``: read to the
+    end; ``closed``: it gave way or its call ended)."""
+
+    started: float
+    messages: list[ChatMessage]
+    steps: int = 0
+    ended: float | None = None
+    outcome: Outcome = "running"
+
+
 class FakeLLM:
     name = "fake"
 
-    def __init__(self, *script: Generate | str, default: Generate | str = "Ndizvo.") -> None:
+    def __init__(
+        self,
+        *script: Generate | str,
+        default: Generate | str = "Ndizvo.",
+        prime_steps: int = 4,
+        prime_step_s: float = 0.05,
+    ) -> None:
         self._script = [_generation(step) for step in script]
         self._default = _generation(default)
         self.calls: list[LLMCall] = []
+        self.primes: list[PrimeCall] = []
+        self._prime_steps = prime_steps
+        self._prime_step_s = prime_step_s
+
+    async def prime(self, messages: list[ChatMessage]) -> AsyncGenerator[str, None]:
+        """Reads ``prime_steps`` parts of the prompt, ``prime_step_s`` each, yielding
+        ``PROMPT_READ`` after each (as the llama.cpp engine does)."""
+        call = PrimeCall(now(), list(messages))
+        self.primes.append(call)
+        with _tracking(call):
+            for _ in range(self._prime_steps):
+                await asyncio.sleep(self._prime_step_s)
+                call.steps += 1
+                yield PROMPT_READ
 
     def generate(
         self,
@@ -379,6 +412,12 @@ class FakeInference:
     ) -> AsyncGenerator[str, None]:
         stream = self.llm.generate(messages, max_tokens=max_tokens, temperature=temperature, stop=stop)
         return self.scheduler.stream("llm", stream, exclusive=True)
+
+    async def prime(self, messages: list[ChatMessage]) -> None:
+        source = self.scheduler.stream("llm", self.llm.prime(messages), exclusive=True, gives_way=True)
+        async with aclosing(source):
+            async for _ in source:
+                pass
 
     @property
     def embedder(self) -> Embedder | None:

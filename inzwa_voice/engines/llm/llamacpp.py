@@ -16,9 +16,13 @@ Two ways to prompt, picked per model:
 
 The KV cache: llama-cpp-python keeps the previous prompt's evaluated tokens and re-evaluates
 only what follows the longest common prefix. Every prompt starts with its system part, which
-changes only with the profile (see ``grounding.grounded_messages``), so a turn evaluates only the
-new facts and question. The conversation reads its default profile's system part in at start-up
-(``CallManager``); ``warm`` only pages the weights in.
+changes only with the profile (see ``grounding.grounded_messages``), then the conversation so
+far. ``prime`` reads a prompt start while nobody waits for it (the conversation primes each
+call's next turn while the caller listens to the answer, and its model profile's system part at
+start-up) and saves its KV state (``states.SavedStates``); a prompt that shares a longer start
+with a saved state than with the context gets that state back, so a turn reads only its facts
+and question even when other calls used the context in between. ``warm`` only pages the weights
+in.
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ from inzwa_voice.config import Settings
 from inzwa_voice.engines import models
 from inzwa_voice.engines.base import DEFAULT_GENERATION, PROMPT_READ, ChatMessage, GenerationDefaults, ModelInfo
 from inzwa_voice.engines.llm import generation_defaults, prompt
+from inzwa_voice.engines.llm.states import SavedStates
 
 PromptFormat = Literal["chat", "transcript"]
 
@@ -64,6 +69,11 @@ PACKAGED: Mapping[str, PackagedModel] = {
 
 PREFILL_CHUNK = 64
 """Prompt tokens evaluated between two looks at whether the generation is still wanted."""
+PRIME_CHUNK = 16
+"""The same for ``prime``, which nobody waits for: a decode or an answer that wants the cores
+gets them within 16 tokens (about 80 ms on two cores), at some cost in reading speed."""
+RESTORE_GAIN = 16
+"""A saved state is put back only when it spares reading more than this many tokens."""
 
 
 class PromptTooLongError(ValueError):
@@ -124,6 +134,7 @@ class LlamaCppLLM:
         n_ctx: int = 2048,
         threads: int = 2,
         defaults: GenerationDefaults = DEFAULT_GENERATION,
+        saved_states_bytes: int = 0,
     ) -> None:
         self.name = name or model_path.stem
         self._llm = Llama(
@@ -150,6 +161,9 @@ class LlamaCppLLM:
         self._executor = executor
         self._n_ctx = n_ctx
         self._defaults = defaults
+        self._states = SavedStates(saved_states_bytes) if saved_states_bytes > 0 else None
+        self.prompt_use: dict[str, int] = {"read": 0, "reused": 0, "restored": 0}
+        """Prompt tokens so far: evaluated, found in the context, taken from a saved state."""
 
     def _token_text(self, token: int) -> str:
         return "" if token < 0 else self._llm.detokenize([token], special=True).decode("utf-8", "replace")
@@ -201,7 +215,7 @@ class LlamaCppLLM:
                 if piece:
                     yield piece
 
-    def _prefill(self, tokens: list[int]) -> Iterator[str]:
+    def _prefill(self, tokens: list[int], chunk: int = PREFILL_CHUNK) -> Iterator[str]:
         """Evaluate the prompt past the cached prefix ``PREFILL_CHUNK`` tokens at a time, with
         an empty piece (``base.PROMPT_READ``) after each chunk.
 
@@ -215,13 +229,35 @@ class LlamaCppLLM:
         """
         llm = self._llm
         cached = Llama.longest_token_prefix(llm.input_ids[: llm.n_tokens].tolist(), tokens)
+        restored = self._restore(tokens, cached)
+        cached = max(cached, restored)
         # ``eval`` drops the KV cache past this. Never the whole prompt: its last token is always
         # evaluated again, else a prompt found whole in the cache (a repeated question, whose
         # earlier answer followed it) would be sampled from the logits of that answer's last token.
         llm.n_tokens = min(llm.n_tokens, cached, len(tokens) - 1)
-        for start in range(llm.n_tokens, len(tokens) - 1, PREFILL_CHUNK):
-            llm.eval(tokens[start : min(start + PREFILL_CHUNK, len(tokens) - 1)])
+        kept = llm.n_tokens
+        self.prompt_use["restored" if restored else "reused"] += kept
+        for start in range(kept, len(tokens) - 1, chunk):
+            llm.eval(tokens[start : min(start + chunk, len(tokens) - 1)])
+            self.prompt_use["read"] += llm.n_tokens - start
             yield PROMPT_READ
+
+    def _restore(self, tokens: list[int], cached: int) -> int:
+        """Put back the saved state sharing the longest start with ``tokens`` if it spares
+        reading more than ``RESTORE_GAIN`` tokens beyond the ``cached`` ones; how many it shares
+        (0: none put back)."""
+        if self._states is None:
+            return 0
+        shared, state = self._states.best(tokens)
+        if state is None or shared <= cached + RESTORE_GAIN:
+            return 0
+        llm = self._llm
+        if not SavedStates.restore(llm.ctx, state):
+            llm.reset()  # type: ignore[no-untyped-call]  # llama.cpp cleared the sequence
+            return 0
+        llm.input_ids[: len(state.tokens)] = state.tokens
+        llm.n_tokens = len(state.tokens)
+        return shared
 
     async def stream(
         self,
@@ -251,6 +287,27 @@ class LlamaCppLLM:
             async for piece in limited:
                 yield piece
 
+    async def prime(self, messages: list[ChatMessage]) -> AsyncGenerator[str, None]:
+        """Read the prompt ``messages`` make, ``PRIME_CHUNK`` tokens a step (``PROMPT_READ``
+        after each), and save its KV state: a later prompt that starts the same way reads only
+        what follows, whatever ran in between. Stopped part way, what was read stays in the
+        context (and is not saved)."""
+
+        def factory(stop_event: threading.Event) -> Iterator[str]:
+            with self._lock:
+                rendered = self._fit(messages, self._defaults.max_tokens)
+                for piece in self._prefill(rendered.tokens, PRIME_CHUNK):
+                    if stop_event.is_set():
+                        return
+                    yield piece
+                if self._states is not None:
+                    self._states.save(self._llm.ctx, self._llm.input_ids[: self._llm.n_tokens].tolist())
+
+        source = iterate_in_thread(self._executor, factory, on_demand=True)
+        async with aclosing(source):
+            async for piece in source:
+                yield piece
+
     def count_tokens(self, text: str) -> int:
         """How many tokens ``text`` is to this model (benchmarks count generated tokens with it)."""
         return len(self._llm.tokenize(text.encode(), add_bos=False))
@@ -260,9 +317,12 @@ class LlamaCppLLM:
         return self._fit(messages, max_tokens or self._defaults.max_tokens).tokens
 
     def reset_cache(self) -> None:
-        """Forget the evaluated prompt, so the next one is evaluated from its first token."""
+        """Forget the evaluated prompt and the saved states, so the next prompt is evaluated
+        from its first token."""
         with self._lock:
             self._llm.reset()  # type: ignore[no-untyped-call]
+            if self._states is not None:
+                self._states = SavedStates(self._states.limit_bytes)
 
     def warm(self) -> None:
         """Page the weights in with one token of a short prompt. What the KV cache should hold is
@@ -311,6 +371,7 @@ def load(settings: Settings, executor: Executor) -> tuple[LlamaCppLLM, ModelInfo
             n_ctx=settings.llm_context,
             threads=settings.llm_threads or settings.run_threads,
             defaults=generation_defaults(settings),
+            saved_states_bytes=settings.llm_saved_states_mb * 1024 * 1024,
         )
     except models.ModelError as exc:
         raise models.ModelError(f"INZWA_LLM_PROMPT_FORMAT={fmt}: {exc}") from None

@@ -60,6 +60,7 @@ class OpenAICompatibleLLM:
         self._session: aiohttp.ClientSession | None = None
         self._models_url = base_url.rstrip("/") + "/models"
         self._problem: str | None = None
+        self.prompt_use: dict[str, int] = {}  # the server counts its own
         self._checked_at = float("-inf")
 
     def _client(self) -> aiohttp.ClientSession:
@@ -159,6 +160,12 @@ class OpenAICompatibleLLM:
         async with aclosing(limited):
             async for piece in limited:
                 yield piece
+
+    async def prime(self, messages: list[ChatMessage]) -> AsyncGenerator[str, None]:
+        """Nothing: the server keeps its own prefix cache (vLLM's automatic prefix caching),
+        and reading ahead there would cost a request a turn."""
+        return
+        yield  # an async generator that yields nothing
 
     def warm(self) -> None:
         """Nothing to page in here: the server keeps its own model loaded."""
