@@ -14,7 +14,8 @@ prompt); unanswered questions (no answer within ``--turn-timeout-s``, or never a
 their call had failed); replies spoken into pauses (bot audio or an answer's start that reached
 the caller before its last sentence ended: must be 0); the gateway's stage split (from its
 events, or its call record on legs without events, and the mean of each stage from its
-/metrics); from the gateway's /metrics over the round, ASR decodes, LLM runs and CPU seconds
+/metrics); from the gateway's /metrics over the round, ASR decodes, LLM runs (read-aheads apart),
+the LLM's prompt tokens by how it got them, and CPU seconds
 per turn and, where the gateway exports it, queue wait per priority (null where it does not).
 A second round talks over the first answer after 600 ms: how much bot audio still arrived
 (barge-in stop). The rounds start once the gateway's /health says its authored answers are
