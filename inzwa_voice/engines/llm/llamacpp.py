@@ -216,8 +216,9 @@ class LlamaCppLLM:
                     yield piece
 
     def _prefill(self, tokens: list[int], chunk: int = PREFILL_CHUNK) -> Iterator[str]:
-        """Evaluate the prompt past the cached prefix ``PREFILL_CHUNK`` tokens at a time, with
-        an empty piece (``base.PROMPT_READ``) after each chunk.
+        """Evaluate the prompt past the cached prefix (in the context, or in the saved state
+        that shares the most of it) ``chunk`` tokens at a time, with an empty piece
+        (``base.PROMPT_READ``) after each chunk.
 
         llama.cpp evaluates a prompt in one uninterruptible call, and a grounded prompt's new
         part (facts, history, question: 100-200 tokens) takes 1-2 s on two cores. In one call,
