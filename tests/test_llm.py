@@ -117,7 +117,7 @@ def test_saved_states_are_found_by_their_tokens_bounded_and_replaced_by_a_newer_
     # The first call read again a turn later: all but the old read's last few tokens are in the
     # new one, which replaces it.
     assert states.add([*range(90), *range(2000, 2050)], b"c" * 4)
-    assert len(states) == 2 and states.bytes == 8
+    assert len(states) == 2 and states.total_bytes == 8
     assert states.best(first_call)[1].data == b"c" * 4  # type: ignore[union-attr]
     # Over the limit, the least recently used goes first ("b": "c" was just looked up).
     assert states.add([7, 7, 7], b"d" * 4)

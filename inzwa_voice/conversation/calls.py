@@ -324,7 +324,7 @@ class CallManager:
         system = self._model_profile().system_prompt
         try:
             await self.inference.prime(grounded_messages("", [], [], system))
-        except Exception as exc:  # a remote model that is down: the calls will say so, not this
+        except Exception as exc:  # the model failed to read it: the calls will say so, not this
             log.warning("the model could not be primed", extra={"error": str(exc)[:200]})
 
     async def prepared(self) -> Preparation:
