@@ -589,6 +589,67 @@ def test_the_model_never_speaks_a_number_or_name_it_was_not_given() -> None:
     scripted(body, llm=FakeLLM(made_up), dialplan=DIALPLAN, profile=HELPLINE)
 
 
+def test_while_the_caller_goes_on_their_words_so_far_are_read_ahead_and_the_answer_keeps_their_facts() -> None:
+    async def body(call: Call) -> None:
+        leg, llm = call.leg, call.engines.llm
+        await call.caller.run(
+            [
+                wait_until(greeted(leg)),
+                speak(1200, "my phone was stolen yesterday"),
+                pause(460),
+                speak(1000, "should i tell the police"),
+                pause(8000),
+            ]
+        )
+        first, second = call.engines.asr.calls
+        resumed_at = first.started + 0.46 - 0.3  # the decode starts 300 ms into the pause
+        (ahead,) = [p for p in llm.primes if p.messages[-1].content.endswith("stolen yesterday")]
+        assert resumed_at <= ahead.started < second.started  # read while the caller spoke on
+        facts = ahead.messages[-1].content.split("\n\n")[0].splitlines()
+        assert facts[0] == "Facts:" and len(facts) == 1 + FACTS
+        # The answer's prompt is the one read ahead, with the caller's last sentence after it.
+        (answered,) = [c for c in llm.calls if c.outcome == "done"]
+        assert answered.messages[:-1] == ahead.messages[:-1]
+        assert answered.messages[-1].content == ahead.messages[-1].content + " should i tell the police"
+
+    scripted(body, dialplan=DIALPLAN, profile=HELPLINE, asr=(Decode(latency_s=0.1), Decode(latency_s=0.1)))
+
+
+def test_facts_read_ahead_are_kept_only_while_they_stay_among_the_closest() -> None:
+    async def body(call: Call) -> None:
+        brain, knowledge = call.manager.brain, call.manager.knowledge_for(HELPLINE)
+        history: list[ChatMessage] = []
+
+        async def facts(question: str, kept: tuple[str, ...] = ()) -> tuple[str, ...]:
+            start = await brain.prompt_start(
+                history, profile=HELPLINE, language="en", knowledge=knowledge, question=question, kept_facts=kept
+            )
+            assert start is not None
+            return start.facts
+
+        so_far = await facts("i need food for my children")
+        whole = "i need food for my children who can i talk to"
+        closest = await facts(whole)
+        assert len(so_far) == len(closest) == FACTS and set(so_far) != set(closest)
+        # Kept while still among the closest to the whole question (one is not among its two) ...
+        assert await facts(whole, so_far) == so_far
+        # ... as far as they are: the rest are the closest others.
+        unheard = (so_far[0], "Nothing the knowledge base says.")
+        assert await facts(whole, unheard) == (so_far[0], next(f for f in closest if f != so_far[0]))
+        # ... and not once the question is about something else.
+        cost = await facts("how much does this call cost")
+        assert cost[0] not in so_far and await facts("how much does this call cost", so_far) == cost
+        # The caller listening: the conversation alone, no facts.
+        assert await facts("") == ()
+        # A greeting finds no facts worth reading.
+        assert (
+            await brain.prompt_start(history, profile=HELPLINE, language="en", knowledge=knowledge, question="hi there")
+            is None
+        )
+
+    scripted(body, dialplan=DIALPLAN, profile=HELPLINE)
+
+
 def test_asking_for_a_person_by_voice_transfers() -> None:
     async def body(call: Call) -> None:
         await call.caller.run(

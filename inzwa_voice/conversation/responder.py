@@ -35,7 +35,7 @@ from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from inzwa_voice.conversation.brain import Answer, Dialog, Source
+from inzwa_voice.conversation.brain import Answer, Dialog, PromptStart, Source
 from inzwa_voice.conversation.capacity import Capacity, Turn
 from inzwa_voice.conversation.memory import Memory
 from inzwa_voice.conversation.outbox import Outbox
@@ -162,8 +162,8 @@ class Responder:
         profile: Callable[[], Profile],
         leg: Leg,
         inference: Inference,
-        decide: Callable[[str, Dialog, list[ChatMessage]], Awaitable[Answer]],
-        prompt_start: Callable[[list[ChatMessage]], list[ChatMessage] | None],
+        decide: Callable[[str, Dialog, list[ChatMessage], tuple[str, ...]], Awaitable[Answer]],
+        prompt_start: Callable[[list[ChatMessage], str, tuple[str, ...]], Awaitable[PromptStart | None]],
         voice_for: Callable[[str], str],
         memory: Memory,
         outbox: Outbox,
@@ -249,6 +249,14 @@ class Responder:
         reply, self.speculative = self.speculative, None
         if reply is not None:
             self._stop(reply, ReplyState.DROPPED, keep_transcription=False)
+
+    def went_on(self) -> None:
+        """The caller went on after a pause: drop the speculation, and read their words so far
+        into the model while they speak (once decoded: see ``_partial``)."""
+        self.drop()
+        utterance = self._utterance
+        if utterance is not None and utterance.decoded:
+            self._read_ahead(utterance)
 
     def commit(self, last_voiced_at: float, at: float) -> Reply:
         """The caller finished: the speculative reply (or a new one for their words) plays."""
@@ -380,7 +388,8 @@ class Responder:
             history = self._memory.messages
             if reply.announced and history and history[-1].role == "user":
                 history = history[:-1]  # the question itself, remembered at the endpoint
-            answer = await self._decide(text, reply.dialog, history)
+            assert reply.utterance is not None
+            answer = await self._decide(text, reply.dialog, history, reply.utterance.facts)
             reply.answer, reply.info = answer, answer.info
             voice = profile.voice if answer.language is None else self._voice_for(answer.language)
             if answer.text is not None:
@@ -506,22 +515,30 @@ class Responder:
         self._memory.add("assistant", reply.heard(self._leg.played_frames))
         self._finish(reply, ReplyState.FAILED)
 
-    def _read_ahead(self) -> None:
-        """The bot has said its piece and the caller listens: read the conversation so far into
-        the model now, at background urgency, so that if the caller's next words go to the
-        model it reads only their facts and question (a call's history is 100-500 tokens, half a
-        second to two seconds on two cores, which the caller would otherwise wait for)."""
+    def _read_ahead(self, utterance: Utterance | None = None) -> None:
+        """Read into the model now, at background urgency, what the caller's next model answer
+        will start with, so that it reads only what comes after: the conversation so far once
+        the bot has said its piece and the caller listens (a call's history is 100-500 tokens,
+        half a second to two seconds on two cores, which the caller would otherwise wait for);
+        and, while the caller goes on after a pause, also ``utterance``'s words so far with the
+        facts they find (some 100 tokens), which the turn keeps while they stay close, so the
+        answer reads only the last sentence."""
         if self._reading_ahead is not None:
             self._reading_ahead.cancel()
-        self._reading_ahead = None
-        messages = self._prompt_start(self._memory.messages)
-        if messages is None:
-            return
         task = asyncio.get_running_loop().create_task(
-            self._inference.prime(messages), context=Urgency(Priority.BACKGROUND).context()
+            self._read(utterance), context=Urgency(Priority.BACKGROUND).context()
         )
         task.add_done_callback(self._read_ahead_done)
         self._reading_ahead = task
+
+    async def _read(self, utterance: Utterance | None) -> None:
+        question, kept = ("", ()) if utterance is None else (utterance.decoded, utterance.facts)
+        start = await self._prompt_start(self._memory.messages, question, kept)
+        if start is None:
+            return
+        if utterance is not None:
+            utterance.facts = start.facts
+        await self._inference.prime(start.messages)
 
     def _read_ahead_done(self, task: asyncio.Task[None]) -> None:
         if self._reading_ahead is task:
@@ -573,9 +590,13 @@ class Responder:
         return self._utterance
 
     def _partial(self, utterance: Utterance, text: str) -> None:
-        """A stretch decoded while the caller's turn is still open: what they said so far."""
+        """A stretch decoded while the caller's turn is still open: what they said so far. If
+        they have gone on speaking, it is read into the model (a speculation still waiting for
+        it reads it itself)."""
         if utterance is self._utterance and text:
             self._outbox.event({"type": "asr.partial", "text": text})
+            if self.speculative is None:
+                self._read_ahead(utterance)
 
     def _announce(self, reply: Reply, *, force: bool = False) -> None:
         """Once committed and understood: the caller's words go to memory, the record and the

@@ -25,7 +25,7 @@ from typing import Any, Final
 
 import numpy as np
 
-from inzwa_voice.conversation.brain import Answer, Brain, Dialog, Knowledge, Source
+from inzwa_voice.conversation.brain import Answer, Brain, Dialog, Knowledge, PromptStart, Source
 from inzwa_voice.conversation.capacity import Capacity
 from inzwa_voice.conversation.memory import Memory
 from inzwa_voice.conversation.outbox import Outbox
@@ -314,7 +314,7 @@ class CallSession:
             responder.hear(self._detector.take_stretch())
             responder.speculate(self._last_voiced_at())
         elif event is TurnEvent.RESUMED:
-            responder.drop()
+            responder.went_on()
         elif event is TurnEvent.ENDPOINT:
             responder.commit(self._last_voiced_at(), asyncio.get_running_loop().time())
 
@@ -324,7 +324,9 @@ class CallSession:
         return asyncio.get_running_loop().time() - silent_frames * FRAME_MS / 1000
 
     # ----- what the answers decide -----
-    async def _decide(self, text: str, dialog: Dialog, history: list[ChatMessage]) -> Answer:
+    async def _decide(
+        self, text: str, dialog: Dialog, history: list[ChatMessage], kept_facts: tuple[str, ...]
+    ) -> Answer:
         return await self._brain.answer(
             text,
             profile=self.profile,
@@ -332,11 +334,19 @@ class CallSession:
             knowledge=self._knowledge,
             dialog=dialog,
             history=history,
+            kept_facts=kept_facts,
         )
 
-    def _prompt_start(self, history: list[ChatMessage]) -> list[ChatMessage] | None:
-        return self._brain.prompt_start(
-            history, profile=self.profile, language=self.profile.language, knowledge=self._knowledge
+    async def _prompt_start(
+        self, history: list[ChatMessage], question: str, kept_facts: tuple[str, ...]
+    ) -> PromptStart | None:
+        return await self._brain.prompt_start(
+            history,
+            profile=self.profile,
+            language=self.profile.language,
+            knowledge=self._knowledge,
+            question=question,
+            kept_facts=kept_facts,
         )
 
     def _voice_for(self, language: str) -> str:

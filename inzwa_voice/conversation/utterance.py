@@ -42,6 +42,8 @@ class Utterance:
         self._on_text = on_text
         self.urgency = Urgency(Priority.SPECULATIVE)
         self.stretches = 0
+        self.decoded = ""  # the stretches decoded so far, joined
+        self.facts: tuple[str, ...] = ()  # what its words so far were read into the model with
         self._decodes: list[asyncio.Task[str]] = []
         self._closed: list[PCM16] = []  # stretches the next decode takes when it starts
         self._next: asyncio.Task[str] | None = None  # that decode, waiting for the one before
@@ -89,6 +91,7 @@ class Utterance:
                 pcm16_to_float(audio), language=self._language, prompt=previous or None
             )
         text = " ".join(t for t in (previous, result.text.strip()) if t)
+        self.decoded = text
         self._on_text(text)
         return text
 
