@@ -48,6 +48,8 @@ async def iterate_in_thread(
         while not wanted.acquire(timeout=0.1):
             if stop.is_set():
                 raise Cancelled()
+        if stop.is_set():  # woken by the consumer leaving: no further step
+            raise Cancelled()
 
     def put(item: object) -> None:
         handover = queue.put(item)
@@ -108,8 +110,11 @@ async def iterate_in_thread(
             yield item  # type: ignore[misc]
     finally:
         stop.set()
-        # The producer notices the stop event within one item or one put timeout; it is not
-        # awaited, so a barge-in never waits for the model step in flight.
+        # The producer notices the stop event within one item or one put timeout, or at once
+        # when it waits to be asked (``on_demand``: woken here, so a generation that gave way
+        # lets the model go now); it is not awaited, so a barge-in never waits for the model
+        # step in flight.
+        wanted.release()
         while not queue.empty():
             queue.get_nowait()
 

@@ -282,17 +282,24 @@ def test_a_caller_who_goes_on_keeps_the_stretches_decoded_and_only_the_speculati
     )
 
 
-def test_on_one_slot_a_callers_stretch_gets_in_between_another_calls_tokens_and_stale_work_is_dropped() -> None:
-    long_answer = "The clinic opens at eight. It closes at five. It is shut on Sundays and on public holidays."
+LONG_ANSWER = "The clinic opens at eight. It closes at five. It is shut on Sundays and on public holidays."
 
+
+async def two_calls(engines: FakeInference, words: Phrasebook) -> tuple[Call, Call]:
+    """Two calls started on one manager, so they share its engines (and llama.cpp's one context)."""
+    first, second = Call(engines, words, FakeLeg(), None), Call(engines, words, FakeLeg(), None)
+    second.manager = first.manager
+    await first.start()
+    await second.start()
+    return first, second
+
+
+def test_on_one_slot_a_callers_stretch_gets_in_between_another_calls_tokens_and_stale_work_is_dropped() -> None:
     async def main() -> None:
         words = Phrasebook()
-        llm = FakeLLM(Generate(long_answer, per_token_s=0.1), default=ANSWER)
+        llm = FakeLLM(Generate(LONG_ANSWER, per_token_s=0.1), default=ANSWER)
         engines = FakeInference(FakeASR(words, Decode(), Decode(latency_s=0.1)), llm=llm, slots=1)
-        first, second = Call(engines, words, FakeLeg(), None), Call(engines, words, FakeLeg(), None)
-        second.manager = first.manager
-        await first.start()
-        await second.start()
+        first, second = await two_calls(engines, words)
         asking = first.caller.run([wait_until(greeted(first.leg)), speak(800, "when does it open"), pause(8000)])
         going_on = second.caller.run(
             [
@@ -318,6 +325,44 @@ def test_on_one_slot_a_callers_stretch_gets_in_between_another_calls_tokens_and_
         assert dropped == 1
         assert [e.event["text"] for e in second.leg.events("asr.final")] == ["hello where is the clinic"]
         assert len(second.leg.events("tts.start")) == 2
+        for call in (first, second):
+            await call.session.end("completed")
+
+    run_virtual(main, limit_s=600)
+
+
+def test_a_committed_answer_does_not_wait_for_another_calls_later_phrases_which_go_on_after_it() -> None:
+    async def main() -> None:
+        words = Phrasebook()
+        llm = FakeLLM(Generate(LONG_ANSWER, per_token_s=0.1), default=ANSWER)
+        engines = FakeInference(FakeASR(words, Decode(latency_s=0.1), Decode(latency_s=0.1)), llm=llm)
+        first, second = await two_calls(engines, words)
+        asking = first.caller.run([wait_until(greeted(first.leg)), speak(800, "when does it open"), pause(8000)])
+        asking_after = second.caller.run(
+            [
+                wait_until(greeted(second.leg)),
+                wait_until(lambda: bool(first.leg.events("llm.partial"))),  # the first answer is playing
+                speak(800, "where is the clinic"),
+                pause(6000),
+            ]
+        )
+        await asyncio.gather(asking, asking_after)
+        began, answered, went_on = llm.calls
+        # The first answer stopped after its first phrase, when the second caller had asked ...
+        assert began.outcome == "closed" and began.text.startswith("The clinic opens at eight. ")
+        assert LONG_ANSWER.startswith(began.text) and began.text != LONG_ANSWER
+        # ... whose answer came at once, not after the whole first one ...
+        assert answered.text == ANSWER and answered.outcome == "done"
+        assert answered.ended is not None and answered.ended <= went_on.pieces[0][0]
+        # ... and the first one went on from where it stopped, heard whole.
+        assert went_on.messages[-1] == ChatMessage("assistant", began.text)
+        assert began.text + went_on.text == LONG_ANSWER
+        _greeting, *phrases = [str(e.event["text"]) for e in first.leg.events("llm.partial")]
+        assert " ".join(phrases) == LONG_ANSWER
+        gave_way = engines.metrics.registry.get_sample_value(
+            "inzwa_inference_runs_total", {"engine": "llm", "priority": "speculative", "outcome": "gave_way"}
+        )
+        assert gave_way == 1
         for call in (first, second):
             await call.session.end("completed")
 
@@ -371,7 +416,7 @@ def test_the_transcript_comes_before_the_answer_even_when_the_answer_is_ready_fi
 
 
 def test_barge_in_mid_phrase_stops_the_bot_and_remembers_what_was_heard() -> None:
-    long_answer = "The clinic opens at eight in the morning and closes at five in the evening every weekday."
+    LONG_ANSWER = "The clinic opens at eight in the morning and closes at five in the evening every weekday."
 
     async def body(call: Call) -> None:
         leg = call.leg
@@ -386,13 +431,13 @@ def test_barge_in_mid_phrase_stops_the_bot_and_remembers_what_was_heard() -> Non
         await call.caller.run([speak(800, "stop"), pause(2000)])
         (barge,) = leg.events("barge_in")
         heard = str(barge.event["heard"]).split()
-        assert heard and heard == long_answer.split()[: len(heard)] and len(heard) < len(long_answer.split())
+        assert heard and heard == LONG_ANSWER.split()[: len(heard)] and len(heard) < len(LONG_ANSWER.split())
         assert leg.audio_ms(talked_at + 0.3, talked_at + 1.4) == 0, "the bot stops within 300 ms of the voice"
         interrupted = [t for t in call.record("turn") if t["outcome"] == "interrupted"]
         assert len(interrupted) == 1 and interrupted[0]["reply_text"] == barge.event["heard"]
         assert interrupted[0]["barged_in"] is True
 
-    scripted(body, llm=FakeLLM(long_answer, default=ANSWER))
+    scripted(body, llm=FakeLLM(LONG_ANSWER, default=ANSWER))
 
 
 def test_a_slow_answer_is_preceded_by_the_hold_prompt_once() -> None:

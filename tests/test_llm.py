@@ -16,6 +16,7 @@ from inzwa_voice.engines import grounding, models
 from inzwa_voice.engines.base import PROMPT_READ, ChatMessage
 from inzwa_voice.engines.llm import llamacpp
 from inzwa_voice.engines.llm.states import SavedStates
+from inzwa_voice.engines.turn_taking import continued
 
 CLINIC = "The Harare Central clinic opens at 7:30 in the morning and closes at 4 in the afternoon, Monday to Saturday."
 FOOD = "Food parcels are given out at the district social welfare office on Wednesdays. Bring your national ID card."
@@ -105,6 +106,33 @@ async def test_a_conversation_read_ahead_is_kept_while_other_calls_use_the_model
     assert restored > history_tokens - 40  # all but the read-ahead's empty question
     assert read + restored == len(instruct.prompt_tokens(next_turn, 16)) - 1  # the last is read by sampling
     assert read < cold_read / 3
+
+
+async def test_a_generation_stopped_part_way_goes_on_from_where_it_stopped_after_other_calls(
+    instruct: llamacpp.LlamaCppLLM,
+) -> None:
+    """A generation that gave way to another call's (``engines.turn_taking``) is stopped after a
+    few tokens; the other call fills the model's one context; asked to go on, with what it wrote
+    as the start of the answer, it gets its saved state back, reads almost nothing, and gives
+    the same answer as one never stopped."""
+    messages = grounding.grounded_messages("What time does the clinic open?", [CLINIC, HIV], [], "")
+    instruct.reset_cache()
+    whole = await answer(instruct, messages, max_tokens=24)
+    instruct.reset_cache()
+    stream = instruct.stream(messages, max_tokens=24)
+    begun: list[str] = []
+    async for piece in stream:
+        begun += [piece] if piece != PROMPT_READ else []
+        if len(begun) == 5:
+            break
+    await stream.aclose()
+    await answer(instruct, grounding.grounded_messages("Is the HIV test free?", [HIV], [], ""), max_tokens=8)
+    before = dict(instruct.prompt_use)
+    going_on = instruct.stream(continued(messages, "".join(begun)), max_tokens=24 - len(begun))
+    rest = "".join([piece async for piece in going_on])
+    assert ("".join(begun) + rest).strip() == whole
+    assert instruct.prompt_use["restored"] - before["restored"] >= len(instruct.prompt_tokens(messages, 24))
+    assert instruct.prompt_use["read"] - before["read"] <= 2
 
 
 def test_saved_states_are_found_by_their_tokens_bounded_and_replaced_by_a_newer_read() -> None:

@@ -81,4 +81,5 @@ def load_engines(settings: Settings, metrics: Metrics) -> Engines:
         embedder=embedding[0] if embedding else None,
         slots=settings.slots,
         local_llm=local_llm,
+        max_tokens=settings.llm_max_tokens,
     )

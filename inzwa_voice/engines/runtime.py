@@ -23,6 +23,7 @@ import numpy as np
 from inzwa_voice.aio import iterate_in_thread
 from inzwa_voice.engines.base import (
     ASR,
+    DEFAULT_GENERATION,
     LLM,
     PCM16,
     PROMPT_READ,
@@ -35,6 +36,7 @@ from inzwa_voice.engines.base import (
     Transcript,
 )
 from inzwa_voice.engines.scheduler import Scheduler, current_urgency
+from inzwa_voice.engines.turn_taking import read_ahead, taking_turns
 from inzwa_voice.media.resample import Resampler
 from inzwa_voice.telemetry import Metrics
 
@@ -56,6 +58,7 @@ class Engines:
     loaded_at: int = field(default_factory=lambda: int(time.time()))  # ``created`` in GET /v1/models
     slots: int = 1  # model runs at once
     local_llm: bool = True  # the LLM runs on these cores, one generation at a time (llama.cpp)
+    max_tokens: int = DEFAULT_GENERATION.max_tokens  # a generation's bound when a request sets none
     scheduler: Scheduler = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -117,11 +120,15 @@ class Engines:
         started = time.perf_counter()
         outcome = "completed"
         first = True
-        stream = self.llm.stream(messages, max_tokens=max_tokens, temperature=temperature, stop=stop)
-        source = stream
+        source: AsyncGenerator[str, None]
         if self.local_llm:
-            source = self.scheduler.stream("llm", stream, exclusive=True)
+
+            def start(prompt: list[ChatMessage], limit: int) -> AsyncGenerator[str, None]:
+                return self.llm.stream(prompt, max_tokens=limit, temperature=temperature, stop=stop)
+
+            source = taking_turns(self.scheduler, start, messages, max_tokens or self.max_tokens)
         else:  # a remote server's generation costs these cores nothing: no slot, but the turn counts it
+            source = self.llm.stream(messages, max_tokens=max_tokens, temperature=temperature, stop=stop)
             current_urgency().runs["llm"] += 1
         self.metrics.llm_active.inc()
         try:
@@ -153,12 +160,8 @@ class Engines:
     async def prime(self, messages: list[ChatMessage]) -> None:
         """``LLM.prime`` through the scheduler, giving way to any more urgent generation. Not
         for a remote server, whose own prefix cache keeps what it read."""
-        if not self.local_llm:
-            return
-        source = self.scheduler.stream("llm", self.llm.prime(messages), exclusive=True, gives_way=True)
-        async with aclosing(source):
-            async for _ in source:
-                pass
+        if self.local_llm:
+            await read_ahead(self.scheduler, self.llm.prime(messages))
 
     # --- sentence embeddings ---
     async def embed(self, texts: Sequence[str]) -> Float32:

@@ -18,9 +18,11 @@ How work holds a slot:
   endpoint, or for its own TTS) holds nothing. A stream is one run however many steps it takes.
 * ``exclusive`` streams of one engine do not interleave: llama.cpp has one context per process,
   so a second generation waits for the first to end instead of holding a slot it cannot use.
-* A stream that ``gives_way`` (reading a conversation into the model's cache ahead of its next
-  turn) ends at its next step when a more urgent run of its engine waits: nobody waits for it,
-  and an exclusive one would otherwise keep a caller's answer waiting until it had read all.
+* A stream that ``gives_way`` ends at its next step, raising :class:`GaveWay`, when a more
+  urgent run of its engine waits: an exclusive one would otherwise keep that run waiting until
+  it had finished. Reading a conversation into the model's cache ahead of its next turn simply
+  stops; a generation takes up again where it stopped once its turn comes back
+  (``engines.turn_taking``).
 
 Urgency travels with the work, not the call site: a call sets an :class:`Urgency` on the tasks
 of a turn (``Urgency.context()``) and raises it as the work becomes needed (a stretch decoded
@@ -63,6 +65,10 @@ class Priority(enum.IntEnum):
 
 
 _ENGINE_ORDER = {"tts": 0, "asr": 1, "llm": 2}
+
+
+class GaveWay(Exception):
+    """A stream that ``gives_way`` ended before its source did: more urgent work wanted its engine."""
 
 
 @dataclass(eq=False)
@@ -164,7 +170,7 @@ class Scheduler:
                     else:
                         if gives_way and self._wanted(run):
                             self._metrics.inference_runs.labels(engine, run.urgency.priority.label, "gave_way").inc()
-                            return
+                            raise GaveWay(engine)
                         await self._acquire(run)
                     try:
                         item = await anext(source)

@@ -18,17 +18,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import re
 from collections.abc import AsyncGenerator, Iterator, Sequence
-from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
 import numpy as np
 
 from inzwa_voice.core import FRAME_SAMPLES, PCM16, PIPELINE_RATE, Float32
-from inzwa_voice.engines.base import PROMPT_READ, VAD, ChatMessage, Embedder, Segment, Transcript
+from inzwa_voice.engines.base import DEFAULT_GENERATION, PROMPT_READ, VAD, ChatMessage, Embedder, Segment, Transcript
 from inzwa_voice.engines.scheduler import Scheduler
+from inzwa_voice.engines.turn_taking import read_ahead, taking_turns
 from inzwa_voice.telemetry import Metrics
 from tests.timeline.clock import now
 
@@ -218,6 +219,7 @@ class FakeLLM:
         self._default = _generation(default)
         self.calls: list[LLMCall] = []
         self.primes: list[PrimeCall] = []
+        self._given: list[Generate] = []  # what each call was scripted to give
         self._prime_steps = prime_steps
         self._prime_step_s = prime_step_s
 
@@ -240,10 +242,22 @@ class FakeLLM:
         temperature: float | None = None,
         stop: list[str] | None = None,
     ) -> AsyncGenerator[str, None]:
-        step = self._script.pop(0) if self._script else self._default
+        step = self._going_on(messages)
+        if step is None:
+            step = self._script.pop(0) if self._script else self._default
         call = LLMCall(now(), list(messages), max_tokens, temperature, stop)
         self.calls.append(call)
+        self._given.append(step)
         return self._stream(step, call)
+
+    def _going_on(self, messages: list[ChatMessage]) -> Generate | None:
+        """Asked to go on with an answer it had begun (the assistant's last message is the start
+        of one it was giving): the rest of that answer, each piece ``per_token_s`` apart."""
+        written = messages[-1].content if messages and messages[-1].role == "assistant" else ""
+        begun = next((g for g in reversed(self._given) if written and g.text.startswith(written)), None)
+        if begun is None:
+            return None
+        return dataclasses.replace(begun, text=begun.text[len(written) :], first_token_s=begun.per_token_s)
 
     async def _stream(self, step: Generate, call: LLMCall) -> AsyncGenerator[str, None]:
         pieces = re.findall(r"\s*\S+", step.text)
@@ -410,14 +424,13 @@ class FakeInference:
         temperature: float | None = None,
         stop: list[str] | None = None,
     ) -> AsyncGenerator[str, None]:
-        stream = self.llm.generate(messages, max_tokens=max_tokens, temperature=temperature, stop=stop)
-        return self.scheduler.stream("llm", stream, exclusive=True)
+        def start(prompt: list[ChatMessage], limit: int) -> AsyncGenerator[str, None]:
+            return self.llm.generate(prompt, max_tokens=limit, temperature=temperature, stop=stop)
+
+        return taking_turns(self.scheduler, start, messages, max_tokens or DEFAULT_GENERATION.max_tokens)
 
     async def prime(self, messages: list[ChatMessage]) -> None:
-        source = self.scheduler.stream("llm", self.llm.prime(messages), exclusive=True, gives_way=True)
-        async with aclosing(source):
-            async for _ in source:
-                pass
+        await read_ahead(self.scheduler, self.llm.prime(messages))
 
     @property
     def embedder(self) -> Embedder | None:

@@ -33,7 +33,7 @@ import logging
 import threading
 from collections.abc import AsyncGenerator, Callable, Generator, Iterator, Mapping
 from concurrent.futures import Executor
-from contextlib import aclosing
+from contextlib import aclosing, closing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -203,17 +203,23 @@ class LlamaCppLLM:
     ) -> Generator[str, None, None]:
         with self._lock:
             rendered = self._fit(messages, max_tokens)
-            yield from self._prefill(rendered.tokens)
-            for chunk in self._llm.create_completion(
-                rendered.tokens,
-                max_tokens=max_tokens,
-                temperature=temperature,
-                stop=rendered.stop + stop,
-                stream=True,
-            ):
-                piece = str(chunk["choices"][0]["text"])  # type: ignore[index]
-                if piece:
-                    yield piece
+            try:
+                yield from self._prefill(rendered.tokens)
+                for chunk in self._llm.create_completion(
+                    rendered.tokens,
+                    max_tokens=max_tokens,
+                    temperature=temperature,
+                    stop=rendered.stop + stop,
+                    stream=True,
+                ):
+                    piece = str(chunk["choices"][0]["text"])  # type: ignore[index]
+                    if piece:
+                        yield piece
+            except GeneratorExit:
+                # Stopped part way: it may have given way to a more urgent generation and be
+                # asked again to go on (``engines.turn_taking``), so what it read and wrote is kept.
+                self._save()
+                raise
 
     def _prefill(self, tokens: list[int], chunk: int = PREFILL_CHUNK) -> Iterator[str]:
         """Evaluate the prompt past the cached prefix (in the context, or in the saved state
@@ -242,6 +248,11 @@ class LlamaCppLLM:
             llm.eval(tokens[start : min(start + chunk, len(tokens) - 1)])
             self.prompt_use["read"] += llm.n_tokens - start
             yield PROMPT_READ
+
+    def _save(self) -> None:
+        """Keep the context's KV state for the tokens it holds (``states.SavedStates``)."""
+        if self._states is not None and self._llm.n_tokens > 0:
+            self._states.save(self._llm.ctx, self._llm.input_ids[: self._llm.n_tokens].tolist())
 
     def _restore(self, tokens: list[int], cached: int) -> int:
         """Put back the saved state sharing the longest start with ``tokens`` if it spares
@@ -274,10 +285,11 @@ class LlamaCppLLM:
         stops = list(stop or [])
 
         def factory(stop_event: threading.Event) -> Iterator[str]:
-            for piece in self._generate(messages, limit, temp, stops):
-                if stop_event.is_set():
-                    return
-                yield piece
+            with closing(self._generate(messages, limit, temp, stops)) as pieces:
+                for piece in pieces:
+                    if stop_event.is_set():
+                        return
+                    yield piece
 
         # Nothing read ahead: the scheduler hands the cores to more urgent work between tokens
         # (and between chunks of the prompt), and a generation running ahead of its reader
@@ -301,8 +313,7 @@ class LlamaCppLLM:
                     if stop_event.is_set():
                         return
                     yield piece
-                if self._states is not None:
-                    self._states.save(self._llm.ctx, self._llm.input_ids[: self._llm.n_tokens].tolist())
+                self._save()
 
         source = iterate_in_thread(self._executor, factory, on_demand=True)
         async with aclosing(source):
