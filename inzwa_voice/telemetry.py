@@ -74,7 +74,7 @@ class Metrics:
         self.inference_runs = Counter(
             "inzwa_inference_runs",
             "Model runs asked of the inference scheduler: ran, dropped (cancelled while queued), or, having run, "
-            "gave_way (a read-ahead ended for a more urgent run)",
+            "gave_way (a read-ahead or a generation stepped aside for a more urgent run)",
             ["engine", "priority", "outcome"],
             registry=r,
         )

@@ -599,6 +599,13 @@ DIALPLAN = Dialplan.load(DEFAULT_DIALPLAN)  # the sample helpline's office hours
 HELPLINE = dataclasses.replace(PROFILE, knowledge="helpline")
 
 
+def facts_in(messages: list[ChatMessage]) -> list[str]:
+    """The fact lines of a grounded prompt's question (its last message), under its "Facts:"."""
+    heading, *facts = messages[-1].content.split("\n\n")[0].splitlines()
+    assert heading == "Facts:"
+    return facts
+
+
 def test_a_covered_question_gets_the_authored_answer_without_the_model() -> None:
     async def body(call: Call) -> None:
         await call.caller.run([wait_until(greeted(call.leg)), speak(1000, "what time do you open"), pause(8000)])
@@ -621,8 +628,8 @@ def test_the_model_never_speaks_a_number_or_name_it_was_not_given() -> None:
             [wait_until(greeted(call.leg)), speak(1000, "what is the capital of france"), pause(8000)]
         )
         (asked,) = call.engines.llm.calls
-        facts = asked.messages[-1].content.split("\n\n")[0].splitlines()
-        assert facts[0] == "Facts:" and len(facts) == 1 + FACTS  # grounded on the closest entries
+        facts = facts_in(asked.messages)
+        assert len(facts) == FACTS  # grounded on the closest entries
         assert not any("connecting you" in fact for fact in facts)  # a handover is no fact
         spoken = [str(e.event["text"]) for e in call.leg.events("llm.partial")]
         assert not any("Paris" in t or "6:30" in t for t in spoken)
@@ -650,8 +657,7 @@ def test_while_the_caller_goes_on_their_words_so_far_are_read_ahead_and_the_answ
         resumed_at = first.started + 0.46 - 0.3  # the decode starts 300 ms into the pause
         (ahead,) = [p for p in llm.primes if p.messages[-1].content.endswith("stolen yesterday")]
         assert resumed_at <= ahead.started < second.started  # read while the caller spoke on
-        facts = ahead.messages[-1].content.split("\n\n")[0].splitlines()
-        assert facts[0] == "Facts:" and len(facts) == 1 + FACTS
+        assert len(facts_in(ahead.messages)) == FACTS
         # The answer's prompt is the one read ahead, with the caller's last sentence after it.
         (answered,) = [c for c in llm.calls if c.outcome == "done"]
         assert answered.messages[:-1] == ahead.messages[:-1]

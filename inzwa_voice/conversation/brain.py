@@ -242,7 +242,7 @@ class Brain:
         if question and len(question.split()) < READ_AHEAD_WORDS:
             return None
         facts: tuple[str, ...] = ()
-        if knowledge is not None and question.strip():
+        if knowledge is not None and question:
             vector = await self._vector(question, language, knowledge.matcher)
             open_now = profile.transfer_target is not None
             facts = _facts(question, vector, knowledge, open_now=open_now, kept=kept_facts)
