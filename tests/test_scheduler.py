@@ -160,6 +160,23 @@ def test_a_stream_holds_a_slot_per_step_so_a_final_decode_gets_in_between_tokens
     run_virtual(main, limit_s=10)
 
 
+def test_a_stream_read_on_keeps_its_slot_from_less_urgent_work_waiting() -> None:
+    async def main() -> None:
+        scheduler, log = Scheduler(1, Metrics()), Log()
+
+        answer = at(Urgency(Priority.FIRST_PHRASE), generate(scheduler, log, "answer", 4))
+        await asyncio.sleep(0.15)
+        stretch = at(Urgency(Priority.SPECULATIVE), log.work(scheduler, "asr", "stretch", 0.5))
+        await asyncio.gather(answer, stretch)
+        # The slot is free between two tokens, but the answer's reader asks for the next one at
+        # once: another call's stretch, less urgent, waits for the answer's end, not for one token.
+        answer_then_stretch = [*(f"answer {k}" for k in range(4)), "stretch start", "stretch end"]
+        assert [e for _, e in log.events] == answer_then_stretch
+        assert [t for t, e in log.events if e == "answer 3"] == pytest.approx([0.4])
+
+    run_virtual(main, limit_s=10)
+
+
 def test_a_stream_whose_reader_pauses_holds_no_slot() -> None:
     async def main() -> None:
         scheduler, log = Scheduler(1, Metrics()), Log()

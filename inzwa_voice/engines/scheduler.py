@@ -15,7 +15,9 @@ How work holds a slot:
 * A stream (the LLM token by token, the TTS sentence by sentence) holds a slot per step and
   gives it back between steps, so a committed turn's decode or first phrase gets in within
   one token or one sentence, and a consumer that stops reading (its reply is waiting for the
-  endpoint, or for its own TTS) holds nothing. A stream is one run however many steps it takes.
+  endpoint, or for its own TTS) holds nothing. A reader that reads on competes for the next
+  step with the work waiting, by urgency: less urgent work does not slip in between two of
+  its steps. A stream is one run however many steps it takes.
 * ``exclusive`` streams of one engine do not interleave: llama.cpp has one context per process,
   so a second generation waits for the first to end instead of holding a slot it cannot use.
 * A stream that ``gives_way`` ends at its next step, raising :class:`GaveWay`, when a more
@@ -175,9 +177,12 @@ class Scheduler:
                     try:
                         item = await anext(source)
                     except StopAsyncIteration:
-                        return
-                    finally:
                         self._release()
+                        return
+                    except BaseException:
+                        self._release()
+                        raise
+                    self._pass_on()
                     yield item
         finally:
             if self._owners.get(engine) is run:
@@ -237,6 +242,15 @@ class Scheduler:
     def _release(self) -> None:
         self._free += 1
         self._grant()
+
+    def _pass_on(self) -> None:
+        """Free a stream's slot between two of its steps, granting it once the loop turns: a
+        reader reading on asks for the next step before that, and then competes with the
+        waiting work by urgency, so another call's stretch decode cannot take the slot from a
+        committed answer in mid-phrase (and hold it for a whole decode). A reader that stops
+        reading leaves it to the waiting work at the loop's next turn."""
+        self._free += 1
+        asyncio.get_running_loop().call_soon(self._grant)
 
     def _grant(self) -> None:
         while self._free > 0:
