@@ -18,6 +18,7 @@ from inzwa_voice.dialplan import DialplanError
 from inzwa_voice.engines.runtime import Engines
 from inzwa_voice.knowledge.loader import KnowledgeError
 from inzwa_voice.knowledge.match import Embed
+from inzwa_voice.store.records import StoreError
 from inzwa_voice.telemetry import Metrics
 
 log = logging.getLogger("inzwa_voice")
@@ -82,7 +83,14 @@ def serve(settings: Settings) -> None:
         extra = {"host": settings.host, "port": settings.port, "startup_s": round(time.perf_counter() - started, 2)}
         log.info("gateway ready", extra=extra)
 
-    web.run_app(app, host=settings.host, port=settings.port, print=ready, access_log=None)
+    try:
+        web.run_app(app, host=settings.host, port=settings.port, print=ready, access_log=None)
+    except StoreError as exc:
+        # The call store opens as the app starts, before any leg listens: a database it cannot
+        # use is a configuration or deployment fault, said in one line that names where (never
+        # the password), not a traceback.
+        print(f"cannot start: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
     log.info("gateway stopped")
 
 

@@ -413,6 +413,10 @@ def test_no_secret_is_printed_when_start_up_fails(tmp_path: Path) -> None:
     assert done.returncode != 0, output[-2000:]  # the database at port 1 cannot be reached
     assert "127.0.0.1:1" in output, output[-2000:]  # the failure names where, not with what password
     assert "marker-" not in output
+    # Said in one line, as a configuration fault is, not as a traceback.
+    assert done.returncode == 2 and "Traceback" not in output, output[-2000:]
+    said = "cannot start: cannot reach the call store at INZWA_DB_URL=postgresql://"
+    assert any(line.startswith(said) for line in done.stderr.splitlines()), output[-2000:]
 
 
 async def test_no_secret_is_printed_by_a_gateway_that_starts(tmp_path: Path) -> None:
