@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 import pytest
 
 from inzwa_voice.config import load_settings
-from inzwa_voice.conversation.brain import FACTS
+from inzwa_voice.conversation.brain import FACTS, ungrounded
 from inzwa_voice.conversation.calls import CallEvent, CallManager
 from inzwa_voice.conversation.prompts import Preparation, PromptAudio
 from inzwa_voice.conversation.session import CallSession
@@ -620,25 +620,47 @@ def test_a_covered_question_gets_the_authored_answer_without_the_model() -> None
     scripted(body, dialplan=DIALPLAN, profile=HELPLINE)
 
 
-def test_the_model_never_speaks_a_number_or_name_it_was_not_given() -> None:
-    made_up = "The capital of France is Paris, and the clinic there opens at 6:30."
+DONT_KNOW_SPOKEN = "I'm sorry, I don't know that. Shall I connect you to a counsellor?"
+
+
+def ungrounded_answer(question: str, answer: str, check: Callable[[Call, list[str]], None]) -> None:
+    """A call whose caller asks ``question``, which the model answers with ``answer``; ``check``
+    gets the call and what it spoke, after its facts were checked to be the closest entries'."""
 
     async def body(call: Call) -> None:
-        await call.caller.run(
-            [wait_until(greeted(call.leg)), speak(1000, "what is the capital of france"), pause(8000)]
-        )
+        await call.caller.run([wait_until(greeted(call.leg)), speak(1000, question), pause(8000)])
         (asked,) = call.engines.llm.calls
         facts = facts_in(asked.messages)
         assert len(facts) == FACTS  # grounded on the closest entries
         assert not any("connecting you" in fact for fact in facts)  # a handover is no fact
-        spoken = [str(e.event["text"]) for e in call.leg.events("llm.partial")]
+        check(call, [str(e.event["text"]) for e in call.leg.events("llm.partial")])
+
+    scripted(body, llm=FakeLLM(answer), dialplan=DIALPLAN, profile=HELPLINE)
+
+
+def test_the_model_never_speaks_a_number_or_name_it_was_not_given() -> None:
+    def check(call: Call, spoken: list[str]) -> None:
         assert not any("Paris" in t or "6:30" in t for t in spoken)
-        assert spoken[-1] == "I'm sorry, I don't know that. Shall I connect you to a counsellor?"
+        assert spoken[-1] == DONT_KNOW_SPOKEN
+        (asked,) = call.engines.llm.calls
         assert asked.outcome in ("closed", "cancelled")  # the model was stopped
         (end,) = [e for e in call.leg.events("tts.end") if "source" in e.event]
         assert end.event["source"] == {"kind": "fallback", "id": "ungrounded"}
 
-    scripted(body, llm=FakeLLM(made_up), dialplan=DIALPLAN, profile=HELPLINE)
+    made_up = "The capital of France is Paris, and the clinic there opens at 6:30."
+    ungrounded_answer("what is the capital of france", made_up, check)
+
+
+def test_the_model_never_passes_off_a_worked_example_s_fact_as_the_helpline_s() -> None:
+    def check(call: Call, spoken: list[str]) -> None:
+        (asked,) = call.engines.llm.calls
+        assert not any("registry" in fact for fact in facts_in(asked.messages))
+        assert not any("registry" in t for t in spoken) and spoken[-1] == DONT_KNOW_SPOKEN
+
+    copied = "You can get it at the registry office in town."
+    ungrounded_answer("i lost my identity card how do i get a new one", copied, check)
+    # Where the helpline's own facts say it, it is theirs to say.
+    assert not ungrounded(copied, ["Identity cards are replaced at the registry office in town."])
 
 
 def test_while_the_caller_goes_on_their_words_so_far_are_read_ahead_and_the_answer_keeps_their_facts() -> None:

@@ -28,7 +28,7 @@ import numpy as np
 from inzwa_voice.conversation.reply import ReplyInfo, safe_reply
 from inzwa_voice.core import Profile
 from inzwa_voice.engines.base import ChatMessage, Inference
-from inzwa_voice.engines.grounding import grounded_messages
+from inzwa_voice.engines.grounding import GROUNDED_EXAMPLES, grounded_messages
 from inzwa_voice.knowledge.base import Action, Entry, KnowledgeBase
 from inzwa_voice.knowledge.match import Matcher, Vector, understand
 from inzwa_voice.safety import Safety
@@ -68,6 +68,19 @@ _NUMBERISH = re.compile(
 )
 _CAPITALISED = re.compile(r"(?<![.!?]\s)(?<!^)\b[A-Z][a-z]{2,}\b")
 _ALWAYS_FINE = frozenset({"English", "Shona", "Please", "Sorry", "Hello"})
+
+
+def _trigrams(text: str) -> set[tuple[str, ...]]:
+    words = re.findall(r"[a-z0-9']+", text.lower())
+    return set(zip(words, words[1:], words[2:], strict=False))
+
+
+_EXAMPLE_TRIGRAMS = frozenset(
+    trigram for facts, _, _ in GROUNDED_EXAMPLES for fact in facts for trigram in _trigrams(fact)
+)
+"""Three words in a row from the worked examples' made-up facts. The small model copies them into
+answers about things alike ("I lost my identity card" got "the registry office in town", a birth
+certificate's): words a caller would take for the helpline's, that no entry says."""
 
 
 @dataclass(frozen=True)
@@ -381,8 +394,11 @@ def _model_messages(
 
 
 def ungrounded(phrase: str, sources: list[str]) -> bool:
-    """Does ``phrase`` state a number, time, phone number or name that none of ``sources`` has?"""
+    """Does ``phrase`` state a number, time, phone number or name that none of ``sources`` has,
+    or repeat a worked example's fact that none of them says?"""
     known = " ".join(sources)
+    if (_trigrams(phrase) & _EXAMPLE_TRIGRAMS) - _trigrams(known):
+        return True
     known_numbers = {m.group(0).lower() for m in _NUMBERISH.finditer(known)}
     if any(m.group(0).lower() not in known_numbers for m in _NUMBERISH.finditer(phrase)):
         return True
