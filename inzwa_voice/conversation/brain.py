@@ -47,7 +47,7 @@ closest, not three, cost the caller less for facts that rarely hold the answer."
 FACTS_KEPT_AMONG = FACTS + 2
 """A turn's facts, picked when the caller's first sentences were read into the model ahead
 (``Brain.prompt_start``), stay its facts, in their order, while they are still among this many
-of the closest entries to the whole question and the closest of all is one of them: the model
+of the closest entries to the whole question and none clearly closer is left out: the model
 then reads only the last sentence at the endpoint, not the facts again (about 0.5 s on two
 cores) for a pick hardly closer. The
 questions that reach the model matched no entry well (their closest score under 0.3), and on
@@ -373,13 +373,26 @@ def _facts(
     """The English answers of the ``FACTS`` entries closest to ``text``, starting with as many
     of ``kept``, in their order, as are still among the ``FACTS_KEPT_AMONG`` closest (so the
     prompt read ahead with them stays a prefix as far as possible), but never without the
-    closest of all: the caller's last sentence may be the one that names what they need ("...
-    a bad pain in my chest"), and the model reads one fact more for it. An entry that hands
+    closest of all where it is clearly closer than they are (by the matcher's own margin): the
+    caller's last sentence may be the one that names what they need ("... a bad pain in my
+    chest"), and the model reads one fact more for it. The questions that reach the model match
+    no entry well, and their closest few often score within a few hundredths of each other: a
+    pick among those is no better for the caller than the one read ahead. An entry that hands
     over (a transfer) says what the call does, which is no fact."""
-    informative = (e for e, _, _ in knowledge.matcher.ranked(text, "en", vector) if e.action is None)
-    closest = [knowledge.answer(e, "en", open_now=open_now) for e in itertools.islice(informative, FACTS_KEPT_AMONG)]
-    still = list(itertools.takewhile(lambda fact: fact in closest, kept))
-    if closest and closest[0] not in still:
+    matcher = knowledge.matcher
+    informative = ((e, score) for e, score, _ in matcher.ranked(text, "en", vector) if e.action is None)
+    scores = {
+        knowledge.answer(e, "en", open_now=open_now): score
+        for e, score in itertools.islice(informative, FACTS_KEPT_AMONG)
+    }
+    closest = list(scores)
+    still = list(itertools.takewhile(lambda fact: fact in scores, kept))
+    meaning = vector is not None and matcher.wants_vector("en")
+    if (
+        still
+        and closest[0] not in still
+        and matcher.clear_of(scores[closest[0]], max(scores[f] for f in still), meaning=meaning)
+    ):
         still = still[: FACTS - 1]
     return tuple([*still, *(fact for fact in closest if fact not in still)][:FACTS])
 
