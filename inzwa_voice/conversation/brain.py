@@ -15,7 +15,6 @@ example vectors were made once when the intents and each knowledge base loaded.
 
 from __future__ import annotations
 
-import itertools
 import logging
 import re
 from collections.abc import AsyncGenerator, Iterable, Mapping
@@ -44,15 +43,6 @@ FACTS = 2
 of the packaged English answers, read while the caller waits (about 0.3 s each on two cores),
 and the questions that reach the model are those no entry matched confidently: two of the
 closest, not three, cost the caller less for facts that rarely hold the answer."""
-FACTS_KEPT_AMONG = FACTS + 2
-"""A turn's facts, picked when the caller's first sentences were read into the model ahead
-(``Brain.prompt_start``), stay its facts, in their order, while they are still among this many
-of the closest entries to the whole question and none clearly closer is left out: the model
-then reads only the last sentence at the endpoint, not the facts again (about 0.5 s on two
-cores) for a pick hardly closer. The
-questions that reach the model matched no entry well (their closest score under 0.3), and on
-the sample helpline's paused questions the closest two to the first sentences were among the
-closest two to the whole question in 3 of 8, among the closest four in 6 of 8."""
 READ_AHEAD_WORDS = 3
 """Fewer words so far than this ("Hello.", "Good morning.") find no facts worth reading ahead:
 their closest entries are as good as any, and the next sentence picks others."""
@@ -370,31 +360,38 @@ class Brain:
 def _facts(
     text: str, vector: Vector | None, knowledge: Knowledge, *, open_now: bool, kept: tuple[str, ...]
 ) -> tuple[str, ...]:
-    """The English answers of the ``FACTS`` entries closest to ``text``, starting with as many
-    of ``kept``, in their order, as are still among the ``FACTS_KEPT_AMONG`` closest (so the
-    prompt read ahead with them stays a prefix as far as possible), but never without the
-    closest of all where it is clearly closer than they are (by the matcher's own margin): the
-    caller's last sentence may be the one that names what they need ("... a bad pain in my
-    chest"), and the model reads one fact more for it. The questions that reach the model match
-    no entry well, and their closest few often score within a few hundredths of each other: a
-    pick among those is no better for the caller than the one read ahead. An entry that hands
-    over (a transfer) says what the call does, which is no fact."""
+    """The English answers of the ``FACTS`` entries closest to ``text``, starting with as many of
+    ``kept`` (the facts this turn's first sentences were read ahead with), in their order, as
+    leave out no entry clearly closer than they are, by the matcher's own margin.
+
+    Kept, the prompt read ahead stays a prefix: the model reads only the caller's last sentence
+    at the endpoint, not the facts again (0.4-0.8 s on two cores). The questions that reach the
+    model match no entry well (their closest score under 0.3) and their closest few often score
+    within a few hundredths of each other, so a fresh pick among those is no better for the
+    caller; a last sentence that names what they need ("... a bad pain in my chest") makes its
+    entry clearly closer, and it comes in. An entry that hands over (a transfer) says what the
+    call does, which is no fact."""
     matcher = knowledge.matcher
-    informative = ((e, score) for e, score, _ in matcher.ranked(text, "en", vector) if e.action is None)
-    scores = {
-        knowledge.answer(e, "en", open_now=open_now): score
-        for e, score in itertools.islice(informative, FACTS_KEPT_AMONG)
-    }
+    scores: dict[str, float] = {}  # closest first
+    for entry, score, _ in matcher.ranked(text, "en", vector):
+        if entry.action is None:
+            scores.setdefault(knowledge.answer(entry, "en", open_now=open_now), score)
     closest = list(scores)
-    still = list(itertools.takewhile(lambda fact: fact in scores, kept))
     meaning = vector is not None and matcher.wants_vector("en")
-    if (
-        still
-        and closest[0] not in still
-        and matcher.clear_of(scores[closest[0]], max(scores[f] for f in still), meaning=meaning)
-    ):
-        still = still[: FACTS - 1]
-    return tuple([*still, *(fact for fact in closest if fact not in still)][:FACTS])
+    still: list[str] = []
+    for fact in kept:
+        if fact not in scores:
+            break
+        chosen = _first_then_closest([*still, fact], closest)
+        left_out = next((other for other in closest if other not in chosen), None)
+        if left_out is not None and matcher.clear_of(scores[left_out], scores[fact], meaning=meaning):
+            break
+        still.append(fact)
+    return _first_then_closest(still, closest)
+
+
+def _first_then_closest(first: list[str], closest: list[str]) -> tuple[str, ...]:
+    return tuple([*first, *(fact for fact in closest if fact not in first)][:FACTS])
 
 
 def _model_messages(
