@@ -663,6 +663,14 @@ def test_the_model_never_passes_off_a_worked_example_s_fact_as_the_helpline_s() 
     assert not ungrounded(copied, ["Identity cards are replaced at the registry office in town."])
 
 
+def test_the_word_one_standing_for_a_thing_states_no_number() -> None:
+    facts = ["A lost identity card is replaced at the registry office."]
+    assert not ungrounded("You can get a new one at the registry office.", facts)
+    assert not ungrounded("No one will share what you say.", facts)
+    assert ungrounded("Only one person can get a new card.", facts)
+    assert ungrounded("Press one for the registry office.", facts)
+
+
 def test_while_the_caller_goes_on_their_words_so_far_are_read_ahead_and_the_answer_keeps_their_facts() -> None:
     async def body(call: Call) -> None:
         leg, llm = call.leg, call.engines.llm

@@ -56,6 +56,10 @@ _NUMBERISH = re.compile(
     r"sixty|seventy|eighty|ninety|hundred|thousand|noon|midnight)\b",
     re.IGNORECASE,
 )
+_ONE_AS_A_WORD = re.compile(
+    r"\b(?:a|an|the|this|that|which|any|each|every|no|new|another|other|same|right)\s+one\b", re.IGNORECASE
+)
+"""The word one standing for a thing ("a new one", "the right one", "no one"): no number stated."""
 _CAPITALISED = re.compile(r"(?<![.!?]\s)(?<!^)\b[A-Z][a-z]{2,}\b")
 _ALWAYS_FINE = frozenset({"English", "Shona", "Please", "Sorry", "Hello"})
 
@@ -410,7 +414,8 @@ def ungrounded(phrase: str, sources: list[str]) -> bool:
     if (_trigrams(phrase) & _EXAMPLE_TRIGRAMS) - _trigrams(known):
         return True
     known_numbers = {m.group(0).lower() for m in _NUMBERISH.finditer(known)}
-    if any(m.group(0).lower() not in known_numbers for m in _NUMBERISH.finditer(phrase)):
+    stated = _ONE_AS_A_WORD.sub(" ", phrase)
+    if any(m.group(0).lower() not in known_numbers for m in _NUMBERISH.finditer(stated)):
         return True
     known_words = set(re.findall(r"[A-Za-z]+", known))
     return any(w not in known_words and w not in _ALWAYS_FINE for w in _CAPITALISED.findall(phrase.strip()))
