@@ -209,9 +209,9 @@ async def test_a_call_arrives_as_a_trace_of_its_turns_and_their_stages(
     assert stages["asr"].end_time_unix_nano <= stages["llm"].start_time_unix_nano
     assert stages["tts"].end_time_unix_nano <= stages["first_frame"].end_time_unix_nano
 
-    # The call's log lines inside its span carry its trace (its end line at least).
+    # The call's log lines inside its span carry its trace: its start and end lines at least.
     traced = [line for line in logs.lines if line.get("call_id") == call_id and "trace_id" in line]
-    assert traced, [line["msg"] for line in logs.lines]
+    assert {"call started", "call ended"} <= {line["msg"] for line in traced}, [line["msg"] for line in logs.lines]
     assert {line["trace_id"] for line in traced} == {call.trace_id.hex()}
     assert {line["span_id"] for line in traced} == {call.span_id.hex()}
 

@@ -377,18 +377,20 @@ class CallManager:
         self.sessions[session.id] = session
         self.metrics.active_calls.labels(info.leg).inc()
         # One line at the start and one at the end of every call, whatever its leg (here and in
-        # ``_ended``): the pair an operator greps a call by. ``external_id`` is the platform's id
-        # (SIP Call-ID, Twilio CallSid, AudioSocket UUID); the caller's number is not logged.
-        log.info(
-            "call started",
-            extra={
-                "call_id": session.id,
-                "leg": info.leg,
-                "profile": profile.name,
-                "external_id": info.external_id,
-                "dialled": info.dialled,
-            },
-        )
+        # ``_ended``), both with the call's trace id: the pair an operator greps a call by.
+        # ``external_id`` is the platform's id (SIP Call-ID, Twilio CallSid, AudioSocket UUID);
+        # the caller's number is not logged.
+        with session.traced():
+            log.info(
+                "call started",
+                extra={
+                    "call_id": session.id,
+                    "leg": info.leg,
+                    "profile": profile.name,
+                    "external_id": info.external_id,
+                    "dialled": info.dialled,
+                },
+            )
         try:
             await session.start()
         except BaseException:

@@ -182,10 +182,14 @@ class CallSession:
         await self.end(reason)
 
     # ----- life -----
+    def traced(self) -> contextlib.AbstractContextManager[None]:
+        """The call's span as the current one: a line logged inside carries its trace id."""
+        return self._trace.current()
+
     async def start(self) -> None:
         """Record the call, start listening and greet; the record exists when this returns.
         What starts here (the inbound loop and all it starts, the timers) runs in the call's span."""
-        with self._trace.current():
+        with self.traced():
             self._outbox.write(lambda: self._recorder.start(self.id, self.info, self.profile.name, self.started_at))
             if self._recording is not None:
                 await self._start_recording(self._recording)
@@ -237,7 +241,7 @@ class CallSession:
         self._outbox.write(lambda: self._recorder.end(self.id, self.info, disposition))  # before the caller is told
         self._outbox.event({"type": "call.end", "reason": disposition})
         await self._outbox.close()
-        with self._trace.current():  # the call's end is logged with its trace
+        with self.traced():  # the call's end is logged with its trace
             self._on_end(self, disposition)
         self._trace.end(disposition, turns=self.turns)
         with contextlib.suppress(Exception):
