@@ -376,10 +376,15 @@ def _facts(
     entry clearly closer, and it comes in. An entry that hands over (a transfer) says what the
     call does, which is no fact."""
     matcher = knowledge.matcher
-    scores: dict[str, float] = {}  # closest first
+    scores: dict[str, float] = {}  # closest first: the FACTS + 1 closest, and every kept fact
+    unseen = set(kept)
     for entry, score, _ in matcher.ranked(text, "en", vector):
         if entry.action is None:
-            scores.setdefault(knowledge.answer(entry, "en", open_now=open_now), score)
+            fact = knowledge.answer(entry, "en", open_now=open_now)
+            scores.setdefault(fact, score)
+            unseen.discard(fact)
+            if len(scores) > FACTS and not unseen:
+                break
     closest = list(scores)
     meaning = vector is not None and matcher.wants_vector("en")
     still: list[str] = []
