@@ -1,15 +1,19 @@
 """LLM benchmark: the packaged models side by side on grounded helpline answers; prints JSON.
 
 For each model (``INZWA_LLM_MODEL`` values): first-token latency p50/p95, decode tokens/s and
-whole-answer time over a set of helpline questions, each asked with 2-4 facts written like the
-knowledge base's English answers, prompted through ``grounding.grounded_messages``. Grounding
-quality: an answerable question is correct when its answer holds every expected key word (any
-of the spellings listed); an unanswerable one should say it does not know, and an answer that
-names a number, time, day, place or phone number that is not in the facts counts as invented.
+whole-answer time over a set of helpline questions, in each layout (``--layouts``): ``closest``
+asks each with 2-4 facts written like the knowledge base's English answers
+(``grounding.grounded_messages``), ``briefed`` gives all twelve facts before the conversation and
+then asks the question alone (``grounding.briefed_messages``, what the gateway does with a
+knowledge base short enough). Grounding quality: an answerable question is correct when its
+answer holds every expected key word (any of the spellings listed); an unanswerable one should
+say it does not know, and an answer that names a number, time, day, place or phone number that
+is not in the facts counts as invented.
 Then the KV cache: the same second turn of a call evaluated from a cold cache, after a first
 turn of the same call, and after another call with the same system prompt.
 
     .venv/bin/python loadtest/bench_llm.py [--models qwen2.5-0.5b-instruct,gemma3-270m] [--runs 1]
+        [--layouts closest,briefed] [--answers]
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import json
 import re
 import statistics
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -48,6 +53,9 @@ LANGUAGES = "This line speaks Shona and English. Say English or Shona at any tim
 COUNSELLOR = "To talk to a counsellor, say counsellor or press 0; a counsellor answers during office hours."
 CHILDLINE = "Children can call Childline on 116, free of charge, at any time."
 TB = "A cough that lasts more than two weeks should be checked for TB at a clinic; the test is free."
+
+BRIEFING = [HOURS, CLINIC, HIV, FOOD, GBV, EMERGENCY, COST, PRIVACY, LANGUAGES, COUNSELLOR, CHILDLINE, TB]
+"""Every fact above: a small helpline's whole knowledge base, for the ``briefed`` layout."""
 
 CASES = [
     # answerable from the facts
@@ -126,6 +134,16 @@ def summary(values: list[float], digits: int = 3) -> dict[str, float]:
     return {"p50": round(statistics.median(ordered), digits), "p95": round(p95, digits), "n": len(values)}
 
 
+Layout = Callable[[Case], tuple[list[ChatMessage], list[str]]]
+LAYOUTS: dict[str, Layout] = {
+    # The question's closest entries, with it (each case lists its own).
+    "closest": lambda case: (grounding.grounded_messages(case.question, case.facts, [], SYSTEM), case.facts),
+    # The whole knowledge base, before the conversation.
+    "briefed": lambda case: (grounding.briefed_messages(case.question, BRIEFING, [], SYSTEM), BRIEFING),
+}
+"""How the facts are given: the prompt for a case, and the facts it gave."""
+
+
 @dataclass
 class Answer:
     text: str
@@ -146,12 +164,27 @@ async def answer(llm: llamacpp.LlamaCppLLM, messages: list[ChatMessage]) -> Answ
     return Answer(text, first, time.perf_counter() - started, llm.count_tokens(text))
 
 
-async def bench_model(settings: Settings, runs: int, show: bool) -> dict[str, object]:
+async def bench_model(settings: Settings, runs: int, show: bool, layouts: list[str]) -> dict[str, object]:
     executor = ThreadPoolExecutor(2)
     started = time.perf_counter()
     llm, info = llamacpp.load(settings, executor)
     llm.warm()
     load_s = time.perf_counter() - started
+    report: dict[str, object] = {
+        "model": info.id,
+        "prompt_format": llm.prompt_format,
+        "size_bytes": info.size_bytes,
+        "load_and_warm_s": round(load_s, 2),
+        "layouts": {name: await bench_layout(llm, LAYOUTS[name], runs, show) for name in layouts},
+        "kv_cache": await bench_cache(llm),
+    }
+    await llm.close()
+    executor.shutdown()
+    return report
+
+
+async def bench_layout(llm: llamacpp.LlamaCppLLM, layout: Layout, runs: int, show: bool) -> dict[str, object]:
+    """Every case ``runs`` times, prompted by ``layout``: latency, and how well it held to the facts."""
     firsts: list[float] = []
     totals: list[float] = []
     rates: list[float] = []
@@ -162,12 +195,13 @@ async def bench_model(settings: Settings, runs: int, show: bool) -> dict[str, ob
     rows: list[dict[str, object]] = []
     for _ in range(runs):
         for case in CASES:
-            result = await answer(llm, grounding.grounded_messages(case.question, case.facts, [], SYSTEM))
+            messages, facts = layout(case)
+            result = await answer(llm, messages)
             firsts.append(result.first_s)
             totals.append(result.total_s)
             if result.tokens > 1 and result.total_s > result.first_s:
                 rates.append((result.tokens - 1) / (result.total_s - result.first_s))
-            made_up = invented_details(result.text, case.facts, case.question)
+            made_up = invented_details(result.text, facts, case.question)
             if case.expect is not None:
                 ok = key_words_found(result.text, case.expect)
                 correct += ok
@@ -180,10 +214,6 @@ async def bench_model(settings: Settings, runs: int, show: bool) -> dict[str, ob
             if show:
                 rows.append({"q": case.question, "a": result.text, "ok": ok, "invented": made_up})
     report: dict[str, object] = {
-        "model": info.id,
-        "prompt_format": llm.prompt_format,
-        "size_bytes": info.size_bytes,
-        "load_and_warm_s": round(load_s, 2),
         "first_token_s": summary(firsts),
         "answer_s": summary(totals),
         "decode_tokens_per_s": round(statistics.median(rates), 1) if rates else None,
@@ -198,12 +228,9 @@ async def bench_model(settings: Settings, runs: int, show: bool) -> dict[str, ob
             "invented_rate": round(invented / unanswerable, 3),
             "answered_anyway_without_invented_detail": unanswerable - dont_know - invented,
         },
-        "kv_cache": await bench_cache(llm),
     }
     if show:
         report["answers"] = rows
-    await llm.close()
-    executor.shutdown()
     return report
 
 
@@ -261,6 +288,7 @@ async def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--temperature", type=float, default=None, help="default: the llm_temperature setting")
     parser.add_argument("--answers", action="store_true", help="include every question and answer")
+    parser.add_argument("--layouts", default=",".join(LAYOUTS), help="how the facts are given: closest, briefed")
     args = parser.parse_args()
     results = []
     for model in args.models.split(","):
@@ -268,7 +296,7 @@ async def main() -> None:
         if args.temperature is not None:
             overrides["llm_temperature"] = args.temperature
         settings = load_settings(_env_file=None, **overrides)
-        results.append(await bench_model(settings, args.runs, args.answers))
+        results.append(await bench_model(settings, args.runs, args.answers, args.layouts.split(",")))
     report = {
         "threads": args.threads,
         "temperature": load_settings(_env_file=None).llm_temperature if args.temperature is None else args.temperature,

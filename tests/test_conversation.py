@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 import pytest
 
 from inzwa_voice.config import load_settings
-from inzwa_voice.conversation.brain import FACTS, ungrounded
+from inzwa_voice.conversation.brain import ungrounded
 from inzwa_voice.conversation.calls import CallEvent, CallManager
 from inzwa_voice.conversation.prompts import Preparation, PromptAudio
 from inzwa_voice.conversation.session import CallSession
@@ -600,10 +600,21 @@ HELPLINE = dataclasses.replace(PROFILE, knowledge="helpline")
 
 
 def facts_in(messages: list[ChatMessage]) -> list[str]:
-    """The fact lines of a grounded prompt's question (its last message), under its "Facts:"."""
-    heading, *facts = messages[-1].content.split("\n\n")[0].splitlines()
+    """The facts a grounded prompt gives for its question: the knowledge base's briefing (the
+    message saying "New call."), or else those listed with the question (its last message)."""
+    told = next((m.content for m in messages if m.content.startswith("New call. ")), messages[-1].content)
+    heading, *facts = told.removeprefix("New call. ").split("\n\n")[0].splitlines()
     assert heading == "Facts:"
-    return facts
+    return [fact.removeprefix("- ") for fact in facts]
+
+
+def briefing(call: Call) -> list[str]:
+    """The packaged helpline's answers, which it gives the model whole (``BRIEFING_CHARS``)."""
+    knowledge = call.manager.knowledge_for(HELPLINE)
+    assert knowledge is not None
+    facts = knowledge.briefing(open_now=True)
+    assert facts is not None
+    return list(facts)
 
 
 def test_a_covered_question_gets_the_authored_answer_without_the_model() -> None:
@@ -625,13 +636,13 @@ DONT_KNOW_SPOKEN = "I'm sorry, I don't know that. Shall I connect you to a couns
 
 def ungrounded_answer(question: str, answer: str, check: Callable[[Call, list[str]], None]) -> None:
     """A call whose caller asks ``question``, which the model answers with ``answer``; ``check``
-    gets the call and what it spoke, after its facts were checked to be the closest entries'."""
+    gets the call and what it spoke, after its facts were checked to be the knowledge base's."""
 
     async def body(call: Call) -> None:
         await call.caller.run([wait_until(greeted(call.leg)), speak(1000, question), pause(8000)])
         (asked,) = call.engines.llm.calls
         facts = facts_in(asked.messages)
-        assert len(facts) == FACTS  # grounded on the closest entries
+        assert facts == briefing(call)  # grounded on the whole knowledge base
         assert not any("connecting you" in fact for fact in facts)  # a handover is no fact
         check(call, [str(e.event["text"]) for e in call.leg.events("llm.partial")])
 
@@ -663,6 +674,71 @@ def test_the_model_never_passes_off_a_worked_example_s_fact_as_the_helpline_s() 
     assert not ungrounded(copied, ["Identity cards are replaced at the registry office in town."])
 
 
+def test_the_model_saying_it_does_not_know_is_said_in_the_authored_words_and_a_yes_gets_a_person() -> None:
+    async def body(call: Call) -> None:
+        leg = call.leg
+        await call.caller.run([wait_until(greeted(leg)), speak(1000, "what is the capital of france"), pause(8000)])
+        (asked,) = call.engines.llm.calls
+        assert asked.outcome in ("closed", "cancelled")  # stopped at its first phrase
+        spoken = [str(e.event["text"]) for e in leg.events("llm.partial")]
+        assert spoken[-1] == DONT_KNOW_SPOKEN
+        (end,) = [e for e in leg.events("tts.end") if "source" in e.event]
+        assert end.event["source"] == {"kind": "fallback", "id": "dont_know"}
+        # Its audio was ready-made: the only speech synthesized in the call is what was prepared.
+        assert DONT_KNOW_SPOKEN in [c.text for c in call.engines.tts.calls]
+        assert [c.text for c in call.engines.tts.calls].count(DONT_KNOW_SPOKEN) == 1
+        await call.caller.run([speak(600, "yes"), pause(8000)])
+        (transferred,) = [e for e in leg.timeline if isinstance(e, Transferred)]
+        assert transferred.target == HELPLINE.transfer_target
+
+    scripted(
+        body,
+        llm=FakeLLM("I don't know that, shall I connect you to a counsellor?"),
+        dialplan=DIALPLAN,
+        profile=HELPLINE,
+    )
+
+
+def test_a_knowledge_base_short_enough_is_given_whole_before_the_conversation() -> None:
+    """A turn's prompt is the conversation read so far with the caller's words after it: the
+    facts never follow the question, so no turn reads them again."""
+
+    async def body(call: Call) -> None:
+        leg, llm = call.leg, call.engines.llm
+        await call.caller.run([wait_until(greeted(leg)), speak(1000, "what is the capital of france"), pause(8000)])
+        await call.caller.run([speak(1000, "what time do you open"), pause(8000)])  # the knowledge base's
+        await call.caller.run([speak(1000, "my neighbour plays loud music at night"), pause(8000)])
+        first, second = [c.messages for c in llm.calls]
+        assert facts_in(first) == facts_in(second) == briefing(call)
+        assert second[: len(first) - 1] == first[:-1]  # the first turn's prompt starts the second's
+        assert first[-1].content == "Caller's question: what is the capital of france"
+        assert second[-1].content == "Caller's question: my neighbour plays loud music at night"
+
+    scripted(body, dialplan=DIALPLAN, profile=HELPLINE)
+
+
+def test_given_the_whole_knowledge_base_the_model_states_a_number_only_from_entries_close_to_the_question() -> None:
+    def check(call: Call, spoken: list[str]) -> None:
+        (asked,) = call.engines.llm.calls
+        hiv = next(fact for fact in briefing(call) if "72 hours" in fact)
+        assert hiv in facts_in(asked.messages)  # the model was given it, for questions about HIV
+        assert not any("72" in t for t in spoken) and spoken[-1] == DONT_KNOW_SPOKEN
+
+    ungrounded_answer("how do i renew my drivers licence", "Go to the office within 72 hours.", check)
+
+
+def test_a_phrase_copying_an_entry_about_something_else_is_no_answer() -> None:
+    """Given the whole knowledge base, the model must not answer with an entry far from the
+    question (``sources`` are the closest ones, ``elsewhere`` every fact it was given)."""
+    hiv = "HIV testing is free at government clinics and most hospitals, and you get the result the same day."
+    food = "To get food support, go to your nearest Social Welfare office to be registered."
+    rent = "can you help me with the rent"
+    assert ungrounded("Rent is free at government clinics and most hospitals.", [food, rent], [hiv, food])
+    assert not ungrounded("Go to your nearest Social Welfare office.", [food, rent], [hiv, food])
+    assert not ungrounded("I can help you with the rent at the clinic.", [food, rent], [hiv, food])
+    assert not ungrounded("HIV testing is free at government clinics.", [hiv, "is the test free"], [hiv, food])
+
+
 def test_the_word_one_standing_for_a_thing_states_no_number() -> None:
     facts = ["A lost identity card is replaced at the registry office."]
     assert not ungrounded("You can get a new one at the registry office.", facts)
@@ -687,7 +763,7 @@ def test_while_the_caller_goes_on_their_words_so_far_are_read_ahead_and_the_answ
         resumed_at = first.started + 0.46 - 0.3  # the decode starts 300 ms into the pause
         (ahead,) = [p for p in llm.primes if p.messages[-1].content.endswith("stolen yesterday")]
         assert resumed_at <= ahead.started < second.started  # read while the caller spoke on
-        assert len(facts_in(ahead.messages)) == FACTS
+        assert facts_in(ahead.messages) == briefing(call)
         # The answer's prompt is the one read ahead, with the caller's last sentence after it.
         (answered,) = [c for c in llm.calls if c.outcome == "done"]
         assert answered.messages[:-1] == ahead.messages[:-1]
@@ -698,8 +774,9 @@ def test_while_the_caller_goes_on_their_words_so_far_are_read_ahead_and_the_answ
 
 def test_facts_read_ahead_are_kept_unless_an_entry_they_leave_out_is_clearly_closer() -> None:
     async def body(call: Call) -> None:
-        brain, knowledge = call.manager.brain, call.manager.knowledge_for(HELPLINE)
-        assert knowledge is not None
+        brain, packaged = call.manager.brain, call.manager.knowledge_for(HELPLINE)
+        assert packaged is not None
+        knowledge = dataclasses.replace(packaged, briefing_chars=0)  # a base too large to give whole
         history: list[ChatMessage] = []
         margin = knowledge.matcher.params.margin  # the scripted engines have no embedder: words alone
 

@@ -1,6 +1,7 @@
 """The embedded LLM: both packaged models selectable by setting, the instruct model prompted
-through its chat template and grounded on given facts, the grounded prompt's layout, and a
-clear error for a model file that cannot be used. Real packaged models; no speed is asserted."""
+through its chat template and grounded on given facts (with the question, or a whole knowledge
+base before the conversation), the grounded prompts' layouts, and a clear error for a model file
+that cannot be used. Real packaged models; no speed is asserted."""
 
 from __future__ import annotations
 
@@ -55,6 +56,17 @@ async def test_the_instruct_model_answers_from_the_given_facts(instruct: llamacp
     food = await answer(
         instruct, grounding.grounded_messages("Which day can I collect food?", [FOOD, CLINIC], history, "")
     )
+    assert "wednesday" in food.lower()
+
+
+async def test_the_instruct_model_answers_from_a_briefing_of_the_whole_knowledge_base(
+    instruct: llamacpp.LlamaCppLLM,
+) -> None:
+    briefing = [CLINIC, HIV, FOOD]
+    opening = await answer(instruct, grounding.briefed_messages("What time does the clinic open?", briefing, [], ""))
+    assert "7:30" in opening
+    history = [ChatMessage("user", "What time does the clinic open?"), ChatMessage("assistant", opening)]
+    food = await answer(instruct, grounding.briefed_messages("Which day can I collect food?", briefing, history, ""))
     assert "wednesday" in food.lower()
 
 
@@ -187,6 +199,22 @@ def test_grounded_messages_put_the_facts_in_and_keep_the_system_part_first() -> 
     assert later[: len(messages) - 1] == messages[:-1]
     assert later[-3:-1] == said
     assert grounding.grounded_messages("Anything?", [], [], system)[-1].content.startswith("Facts:\n- (no facts")
+
+
+def test_a_briefing_gives_the_facts_once_before_the_conversation_and_the_question_alone() -> None:
+    system = "You are the voice of the Inzwa helpline."
+    history = [ChatMessage("user", "Hello?"), ChatMessage("assistant", "Hello, how can I help?")]
+    messages = grounding.briefed_messages(" What time does the\nclinic open? ", [CLINIC, " ", FOOD], history, system)
+    assert messages[0] == ChatMessage("system", grounding.grounded_system(system))
+    told = [m for m in messages if CLINIC in m.content]
+    assert [m.content for m in told] == [f"New call. Facts:\n- {CLINIC}\n- {FOOD}"]  # once, both, nothing blank
+    assert messages.index(told[0]) < len(messages) - 3  # before the conversation
+    assert messages[-3:-1] == history
+    assert messages[-1] == ChatMessage("user", "Caller's question: What time does the clinic open?")
+    # Everything before the question is the next turn's prefix, whatever that turn asks.
+    said = [ChatMessage("user", "What time does the clinic open?"), ChatMessage("assistant", "At 7:30.")]
+    later = grounding.briefed_messages("Is it open on Saturday?", [CLINIC, FOOD], [*history, *said], system)
+    assert later[: len(messages) - 1] == messages[:-1]
 
 
 def test_consecutive_turns_share_the_system_prefix_in_tokens(instruct: llamacpp.LlamaCppLLM) -> None:

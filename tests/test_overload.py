@@ -317,5 +317,10 @@ def test_the_model_is_primed_for_the_profile_whose_questions_it_answers() -> Non
         (primed,) = llm.primes
         assert primed.outcome == "done" and not llm.calls  # read, not answered
         assert primed.messages[0].content == grounded_system(english.system_prompt)
+        # ... with its knowledge base, given whole: the first caller's turn reads only their words.
+        knowledge = calls.knowledge_for(english)
+        assert knowledge is not None
+        briefing = knowledge.briefing(open_now=english.transfer_target is not None)
+        assert briefing is not None and all(fact in primed.messages[-3].content for fact in briefing)
 
     run_virtual(main, limit_s=600)

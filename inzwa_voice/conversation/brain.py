@@ -4,9 +4,11 @@ knowledge, and the LLM only where nothing matched, grounded on the closest entri
 No packaged model writes or reliably hears Shona, so everything a Shona caller hears comes from
 authored text: a confident match speaks its entry; an unsure one asks "do you mean ...?"; no
 match offers a person and the keypad menu. An English question nothing covers may go to the
-LLM with the closest entries as its only facts, and a number, time or phone number in its answer
-that is not in those facts replaces the answer with the authored "I don't know that, shall I
-connect you to a counsellor?". The same brain serves calls and ``POST /v1/chat``.
+LLM with the knowledge base's answers as its only facts (all of them where they are short
+enough, ``BRIEFING_CHARS``, else the closest entries), and a number, time or phone number in its
+answer that is not in those facts, or the model saying it does not know, replaces the answer
+with the authored "I don't know that, shall I connect you to a counsellor?". The same brain
+serves calls and ``POST /v1/chat``.
 
 With a sentence embedder loaded (``INZWA_EMBEDDING_ENGINE``), an English turn is also matched by
 meaning: its vector is computed in the inference executor and handed to the matchers, whose
@@ -17,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import AsyncGenerator, Iterable, Mapping
+from collections.abc import AsyncGenerator, Iterable, Mapping, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Literal
@@ -27,7 +29,7 @@ import numpy as np
 from inzwa_voice.conversation.reply import ReplyInfo, safe_reply
 from inzwa_voice.core import Profile
 from inzwa_voice.engines.base import ChatMessage, Inference
-from inzwa_voice.engines.grounding import GROUNDED_EXAMPLES, grounded_messages
+from inzwa_voice.engines.grounding import GROUNDED_EXAMPLES, briefed_messages, grounded_messages
 from inzwa_voice.knowledge.base import Action, Entry, KnowledgeBase
 from inzwa_voice.knowledge.match import Matcher, Vector, understand
 from inzwa_voice.safety import Safety
@@ -39,10 +41,20 @@ GROUNDED_LANGUAGES = ("en",)
 """Languages the packaged LLM may answer in (it writes no Shona)."""
 MISUNDERSTOOD_BEFORE_MENU = 2
 FACTS = 2
-"""Knowledge-base answers a model answer is grounded on, the closest first. Each is 35-55 tokens
+"""Knowledge-base answers a model answer is grounded on, the closest first, where the base is too
+large to give the model whole (``BRIEFING_CHARS``). Each is 35-55 tokens
 of the packaged English answers, read while the caller waits (about 0.3 s each on two cores),
 and the questions that reach the model are those no entry matched confidently: two of the
 closest, not three, cost the caller less for facts that rarely hold the answer."""
+BRIEFING_CHARS = 2400
+"""A knowledge base whose English answers together are no longer than this (about 500 tokens of
+the packaged model; the packaged sample's are 1,700 characters) is given to the model whole, once,
+before the conversation (``grounding.briefed_messages``), instead of its closest ``FACTS`` answers
+with each question. Read once and saved for every call, it costs a turn nothing: the turn reads
+only the caller's words, where new facts found by the last sentence cost 0.4-0.8 s more on two
+cores. On the LLM benchmark's questions the whole base also answered as many correctly, and on
+the call benchmark's questions that no entry covers the model said it did not know instead of
+guessing from the closest entries. A larger base would crowd the model's context."""
 READ_AHEAD_WORDS = 3
 """Fewer words so far than this ("Hello.", "Good morning.") find no facts worth reading ahead:
 their closest entries are as good as any, and the next sentence picks others."""
@@ -60,21 +72,32 @@ _ONE_AS_A_WORD = re.compile(
     r"\b(?:a|an|the|this|that|which|any|each|every|no|new|another|other|same|right)\s+one\b", re.IGNORECASE
 )
 """The word one standing for a thing ("a new one", "the right one", "no one"): no number stated."""
+_SAYS_IT_DOES_NOT_KNOW = re.compile(r"\W*(?:(?:i['’]m|i am) sorry\W+)?i (?:don['’]?t|do not) know\b", re.IGNORECASE)
+"""The model saying it does not know, as the worked examples show it: the authored words say it
+instead, ready-made, in the helpline's own voice, and offer the counsellor the way the call
+understands a "yes" to."""
 _CAPITALISED = re.compile(r"(?<![.!?]\s)(?<!^)\b[A-Z][a-z]{2,}\b")
 _ALWAYS_FINE = frozenset({"English", "Shona", "Please", "Sorry", "Hello"})
 
 
-def _trigrams(text: str) -> set[tuple[str, ...]]:
+def _runs(text: str, n: int) -> set[tuple[str, ...]]:
+    """``text``'s runs of ``n`` words in a row."""
     words = re.findall(r"[a-z0-9']+", text.lower())
-    return set(zip(words, words[1:], words[2:], strict=False))
+    return set(zip(*(words[i:] for i in range(n)), strict=False))
 
 
 _EXAMPLE_TRIGRAMS = frozenset(
-    trigram for facts, _, _ in GROUNDED_EXAMPLES for fact in facts for trigram in _trigrams(fact)
+    trigram for facts, _, _ in GROUNDED_EXAMPLES for fact in facts for trigram in _runs(fact, 3)
 )
 """Three words in a row from the worked examples' made-up facts. The small model copies them into
 answers about things alike ("I lost my identity card" got "the registry office in town", a birth
 certificate's): words a caller would take for the helpline's, that no entry says."""
+COPIED_RUN = 5
+"""Words in a row of an entry far from the question that make a phrase a copy of it. Given the
+whole knowledge base, the small model answered "can you help me with the rent?" with the HIV
+answer's "free at government clinics and most hospitals", and a lost identity card with the
+clinic's "the government clinic nearest you": the helpline's words, about something else.
+Shorter runs ("you can also get") are anybody's words."""
 
 
 @dataclass(frozen=True)
@@ -102,6 +125,20 @@ class Answer:
 
 
 @dataclass(frozen=True)
+class Facts:
+    """What a model answer is grounded on: the whole knowledge base's answers, given before the
+    conversation (``briefed``: ``BRIEFING_CHARS``), or its entries closest to the question,
+    given with it. ``closest``: the entries closest to the question, the only ones whose numbers
+    and names an answer may state (``ungrounded``), either way: given the whole base, the small
+    model also copies a number from an entry about something else ("72 hours" of the HIV
+    answer, into one about a lost identity card), and the check is as strict as it was."""
+
+    texts: tuple[str, ...]
+    briefed: bool = False
+    closest: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class PromptStart:
     """A prompt to read into the model ahead, and the facts it holds (a turn's next read and
     its answer keep them while they stay close)."""
@@ -126,6 +163,7 @@ class Knowledge:
     base: KnowledgeBase
     matcher: Matcher
     placeholders: Mapping[str, Mapping[str, str]]  # language -> name -> value
+    briefing_chars: int = BRIEFING_CHARS
 
     def fill(self, text: str, language: str, **extra: str) -> str:
         values = {**self.placeholders.get(language, {}), **extra}
@@ -133,6 +171,20 @@ class Knowledge:
 
     def text(self, name: str, language: str, **extra: str) -> str:
         return self.fill(self.base.text(name, language), language, **extra)
+
+    def briefing(self, *, open_now: bool) -> tuple[str, ...] | None:
+        """The English answers of every entry that informs (an entry that hands over says what
+        the call does, which is no fact), in the base's order, if together they fit
+        ``briefing_chars``: the model is given them all (``BRIEFING_CHARS``). None if they do not."""
+        facts: list[str] = []
+        size = 0
+        for entry in self.base.entries:
+            if entry.action is None:
+                facts.append(self.answer(entry, "en", open_now=open_now))
+                size += len(facts[-1])
+                if size > self.briefing_chars:
+                    return None
+        return tuple(facts)
 
     def answer(self, entry: Entry, language: str, *, open_now: bool) -> str:
         answers = entry.answers_closed if not open_now and entry.answers_closed else entry.answers
@@ -197,7 +249,9 @@ class Brain:
                 action="transfer" if verdict.transfer else None,
             )
         if knowledge is None:
-            return self._model(text, profile, language, history, facts=[], knowledge=None, dialog=dialog, limits=limits)
+            return self._model(
+                text, profile, language, history, facts=None, knowledge=None, dialog=dialog, limits=limits
+            )
         vector = await self._vector(text, language, knowledge.matcher)
         understood = understand(text, language, knowledge.matcher, self._intents, vector=vector)
         open_now = profile.transfer_target is not None
@@ -223,7 +277,9 @@ class Brain:
             dialog.pending = entry
             return Answer(Source("fallback", "clarify"), knowledge.text("clarify", language, topic=topic))
         if language in GROUNDED_LANGUAGES:
-            facts = list(_facts(text, vector, knowledge, open_now=open_now, kept=kept_facts))
+            briefing = knowledge.briefing(open_now=open_now)
+            near = _facts(text, vector, knowledge, open_now=open_now, kept=kept_facts if briefing is None else ())
+            facts = Facts(briefing or near, briefed=briefing is not None, closest=near)
             return self._model(
                 text, profile, language, history, facts=facts, knowledge=knowledge, dialog=dialog, limits=limits
             )
@@ -243,19 +299,23 @@ class Brain:
         """What the model would be prompted with if the caller's words went to it, up to the
         end of ``question``, their words so far: read ahead, it leaves the answer only what the
         caller says after them to read. Without ``question`` (the caller is listening) the facts
-        stay empty too. None where the model never answers this language, or for words too few
-        to find facts by."""
+        stay empty too (a briefing is the knowledge base's, whatever the question). None where the
+        model never answers this language, or for words too few to find facts by."""
         if knowledge is not None and language not in GROUNDED_LANGUAGES:
             return None
         if question and len(question.split()) < READ_AHEAD_WORDS:
             return None
-        facts: tuple[str, ...] = ()
-        if knowledge is not None and question:
-            vector = await self._vector(question, language, knowledge.matcher)
+        facts: Facts | None = None
+        if knowledge is not None:
             open_now = profile.transfer_target is not None
-            facts = _facts(question, vector, knowledge, open_now=open_now, kept=kept_facts)
-        messages = _model_messages(question, list(facts), history, profile, grounded=knowledge is not None)
-        return PromptStart(messages, facts)
+            briefing = knowledge.briefing(open_now=open_now)
+            if briefing is not None or not question:
+                facts = Facts(briefing or (), briefed=briefing is not None)
+            else:
+                vector = await self._vector(question, language, knowledge.matcher)
+                facts = Facts(_facts(question, vector, knowledge, open_now=open_now, kept=kept_facts))
+        messages = _model_messages(question, facts, history, profile)
+        return PromptStart(messages, () if facts is None else facts.texts)
 
     def menu(
         self, digit: str, *, profile: Profile, language: str, knowledge: Knowledge, dialog: Dialog
@@ -327,13 +387,13 @@ class Brain:
         language: str,
         history: list[ChatMessage],
         *,
-        facts: list[str],
+        facts: Facts | None,
         knowledge: Knowledge | None,
         dialog: Dialog,
         limits: tuple[int | None, float | None],
     ) -> Answer:
         info = ReplyInfo()
-        messages = _model_messages(text, facts, history, profile, grounded=knowledge is not None)
+        messages = _model_messages(text, facts, history, profile)
         max_tokens, temperature = limits
         phrases = safe_reply(
             self._inference,
@@ -345,9 +405,9 @@ class Brain:
             temperature=temperature,
         )
         answer = Answer(Source("llm", None), info=info)
-        if knowledge is not None:
+        if knowledge is not None and facts is not None:
             dont_know = knowledge.text("dont_know", language)
-            answer.phrases = _grounded(phrases, [*facts, text], dont_know, answer, dialog)
+            answer.phrases = _grounded(phrases, facts, text, dont_know, answer, dialog)
         else:
             answer.phrases = phrases
         return answer
@@ -403,20 +463,22 @@ def _first_then_closest(first: list[str], closest: list[str]) -> tuple[str, ...]
     return tuple([*first, *(fact for fact in closest if fact not in first)][:FACTS])
 
 
-def _model_messages(
-    text: str, facts: list[str], history: list[ChatMessage], profile: Profile, *, grounded: bool
-) -> list[ChatMessage]:
+def _model_messages(text: str, facts: Facts | None, history: list[ChatMessage], profile: Profile) -> list[ChatMessage]:
     """The model's prompt for ``text``: grounded on ``facts`` where a knowledge base is loaded."""
-    if grounded:
-        return grounded_messages(text, facts, history, profile.system_prompt)
-    return [ChatMessage("system", profile.system_prompt), *history, ChatMessage("user", text)]
+    if facts is None:
+        return [ChatMessage("system", profile.system_prompt), *history, ChatMessage("user", text)]
+    layout = briefed_messages if facts.briefed else grounded_messages
+    return layout(text, list(facts.texts), history, profile.system_prompt)
 
 
-def ungrounded(phrase: str, sources: list[str]) -> bool:
+def ungrounded(phrase: str, sources: list[str], elsewhere: Sequence[str] = ()) -> bool:
     """Does ``phrase`` state a number, time, phone number or name that none of ``sources`` has,
-    or repeat a worked example's fact that none of them says?"""
+    or repeat a worked example's fact, or ``COPIED_RUN`` words of ``elsewhere`` (facts the model
+    was given that are about other things), that none of them says?"""
     known = " ".join(sources)
-    if (_trigrams(phrase) & _EXAMPLE_TRIGRAMS) - _trigrams(known):
+    if (_runs(phrase, 3) & _EXAMPLE_TRIGRAMS) - _runs(known, 3):
+        return True
+    if elsewhere and (_runs(phrase, COPIED_RUN) & _runs(" ".join(elsewhere), COPIED_RUN)) - _runs(known, COPIED_RUN):
         return True
     known_numbers = {m.group(0).lower() for m in _NUMBERISH.finditer(known)}
     stated = _ONE_AS_A_WORD.sub(" ", phrase)
@@ -427,15 +489,23 @@ def ungrounded(phrase: str, sources: list[str]) -> bool:
 
 
 async def _grounded(
-    phrases: AsyncGenerator[str, None], sources: list[str], dont_know: str, answer: Answer, dialog: Dialog
+    phrases: AsyncGenerator[str, None],
+    facts: Facts,
+    question: str,
+    dont_know: str,
+    answer: Answer,
+    dialog: Dialog,
 ) -> AsyncGenerator[str, None]:
-    """The model's phrases while they hold to the facts; at the first that does not, the
-    authored "I don't know" instead, and the model is stopped."""
+    """The model's phrases while they hold to the facts; at the first that does not, or that
+    says the model does not know, the authored "I don't know" instead (it offers a counsellor,
+    and a "yes" to it is heard as one: ``Dialog.pending``), and the model is stopped."""
     spoken: list[str] = []
+    sources = [*facts.closest, question]
     async with aclosing(phrases):
         async for phrase in phrases:
-            if ungrounded(phrase, sources):
-                answer.source = Source("fallback", "ungrounded")
+            does_not_know = _SAYS_IT_DOES_NOT_KNOW.match(phrase) is not None
+            if does_not_know or ungrounded(phrase, sources, facts.texts):
+                answer.source = Source("fallback", "dont_know" if does_not_know else "ungrounded")
                 dialog.pending = "transfer"
                 yield dont_know
                 spoken.append(dont_know)

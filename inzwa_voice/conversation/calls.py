@@ -31,7 +31,6 @@ from inzwa_voice.conversation.turns import TurnSettings
 from inzwa_voice.core import CallInfo, Profile
 from inzwa_voice.dialplan import Dialplan
 from inzwa_voice.engines.base import Inference
-from inzwa_voice.engines.grounding import grounded_messages
 from inzwa_voice.knowledge.base import Entry, KnowledgeBase
 from inzwa_voice.knowledge.loader import DEFAULT_KNOWLEDGE, load_intents, load_knowledge
 from inzwa_voice.safety import Safety
@@ -318,12 +317,17 @@ class CallManager:
 
     async def _prime_model(self) -> None:
         """Leave the grounded prompt start (the system prompt, the rules and the worked
-        examples: some 350 tokens, 1.7-2.5 s on two cores) of the profile the model answers for
-        in its cache, so the first caller whose question goes to the model reads only the facts
-        and the question."""
-        system = self._model_profile().system_prompt
+        examples: some 350 tokens, 1.7-2.5 s on two cores; with a knowledge base given whole,
+        its answers too: 750 tokens) of the profile the model answers for in its cache, so the
+        first caller whose question goes to the model reads only the facts (if any) and the
+        question."""
+        profile = self._model_profile()
         try:
-            await self.inference.prime(grounded_messages("", [], [], system))
+            start = await self.brain.prompt_start(
+                [], profile=profile, language=profile.language, knowledge=self.knowledge_for(profile)
+            )
+            if start is not None:
+                await self.inference.prime(start.messages)
         except Exception as exc:  # the model failed to read it: the calls will say so, not this
             log.warning("the model could not be primed", extra={"error": str(exc)[:200]})
 

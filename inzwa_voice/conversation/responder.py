@@ -407,7 +407,8 @@ class Responder:
             await self._fail(reply, exc)
 
     async def _stream(self, reply: Reply, phrases: AsyncGenerator[str, None], voice: str) -> None:
-        """The model's phrases, each synthesized as it comes (the model waits meanwhile)."""
+        """The model's phrases, each synthesized as it comes (the model waits meanwhile), or
+        ready-made where a phrase is an authored text (the "I don't know" said in its stead)."""
         async with aclosing(phrases):
             while True:
                 reply.stage = "llm"
@@ -422,8 +423,10 @@ class Responder:
                     reply.mark("llm_first_token", reply.info.first_token_at)
                 reply.mark("first_phrase", _now())
                 reply.stage = "tts"
-                async with asyncio.timeout(STAGE_TIMEOUT_S):
-                    frames = await synthesize_frames(self._inference, phrase_text.strip(), voice)
+                frames = self._prompts.ready(phrase_text.strip(), voice)
+                if frames is None:
+                    async with asyncio.timeout(STAGE_TIMEOUT_S):
+                        frames = await synthesize_frames(self._inference, phrase_text.strip(), voice)
                 reply.mark("tts_first_audio", _now())
                 await self._hand_over(reply, Phrase(phrase_text.strip(), frames))
 
