@@ -674,7 +674,14 @@ def test_the_model_never_passes_off_a_worked_example_s_fact_as_the_helpline_s() 
     assert not ungrounded(copied, ["Identity cards are replaced at the registry office in town."])
 
 
-def test_the_model_saying_it_does_not_know_is_said_in_the_authored_words_and_a_yes_gets_a_person() -> None:
+@pytest.mark.parametrize(
+    "answer",
+    [
+        "I don't know that, shall I connect you to a counsellor?",
+        "I will answer only from these facts.",  # its part of the briefing, copied: no answer either
+    ],
+)
+def test_the_model_saying_it_does_not_know_is_said_in_the_authored_words_and_a_yes_gets_a_person(answer: str) -> None:
     async def body(call: Call) -> None:
         leg = call.leg
         await call.caller.run([wait_until(greeted(leg)), speak(1000, "what is the capital of france"), pause(8000)])
@@ -691,12 +698,7 @@ def test_the_model_saying_it_does_not_know_is_said_in_the_authored_words_and_a_y
         (transferred,) = [e for e in leg.timeline if isinstance(e, Transferred)]
         assert transferred.target == HELPLINE.transfer_target
 
-    scripted(
-        body,
-        llm=FakeLLM("I don't know that, shall I connect you to a counsellor?"),
-        dialplan=DIALPLAN,
-        profile=HELPLINE,
-    )
+    scripted(body, llm=FakeLLM(answer), dialplan=DIALPLAN, profile=HELPLINE)
 
 
 def test_a_knowledge_base_short_enough_is_given_whole_before_the_conversation() -> None:

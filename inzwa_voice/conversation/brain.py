@@ -29,7 +29,7 @@ import numpy as np
 from inzwa_voice.conversation.reply import ReplyInfo, safe_reply
 from inzwa_voice.core import Profile
 from inzwa_voice.engines.base import ChatMessage, Inference
-from inzwa_voice.engines.grounding import GROUNDED_EXAMPLES, briefed_messages, grounded_messages
+from inzwa_voice.engines.grounding import BRIEFING_ACK, GROUNDED_EXAMPLES, briefed_messages, grounded_messages
 from inzwa_voice.knowledge.base import Action, Entry, KnowledgeBase
 from inzwa_voice.knowledge.match import Matcher, Vector, understand
 from inzwa_voice.safety import Safety
@@ -72,10 +72,14 @@ _ONE_AS_A_WORD = re.compile(
     r"\b(?:a|an|the|this|that|which|any|each|every|no|new|another|other|same|right)\s+one\b", re.IGNORECASE
 )
 """The word one standing for a thing ("a new one", "the right one", "no one"): no number stated."""
-_SAYS_IT_DOES_NOT_KNOW = re.compile(r"\W*(?:(?:i['’]m|i am) sorry\W+)?i (?:don['’]?t|do not) know\b", re.IGNORECASE)
-"""The model saying it does not know, as the worked examples show it: the authored words say it
-instead, ready-made, in the helpline's own voice, and offer the counsellor the way the call
-understands a "yes" to."""
+_SAYS_IT_DOES_NOT_KNOW = re.compile(
+    rf"\W*(?:(?:(?:i['’]m|i am) sorry\W+)?i (?:don['’]?t|do not) know\b|{re.escape(BRIEFING_ACK.rstrip('.'))})",
+    re.IGNORECASE,
+)
+"""The model saying it does not know, as the worked examples show it, or saying no more than its
+part of the briefing (``grounding.briefed_messages``), which it copies now and then: the
+authored words say it instead, ready-made, in the helpline's own voice, and offer the counsellor
+the way the call understands a "yes" to."""
 _CAPITALISED = re.compile(r"(?<![.!?]\s)(?<!^)\b[A-Z][a-z]{2,}\b")
 _ALWAYS_FINE = frozenset({"English", "Shona", "Please", "Sorry", "Hello"})
 
