@@ -678,7 +678,7 @@ def test_the_model_never_passes_off_a_worked_example_s_fact_as_the_helpline_s() 
     "answer",
     [
         "I don't know that, shall I connect you to a counsellor?",
-        "I will answer only from these facts.",  # its part of the briefing, copied: no answer either
+        "I will answer only from these facts. Rent is paid monthly.",  # its part of the briefing, copied
     ],
 )
 def test_the_model_saying_it_does_not_know_is_said_in_the_authored_words_and_a_yes_gets_a_person(answer: str) -> None:
