@@ -540,6 +540,38 @@ def test_a_hang_up_before_the_transcript_is_ready_still_keeps_the_words() -> Non
     scripted(body, asr=(Decode(latency_s=3.0),))
 
 
+class SlowToHangUp(FakeLeg):
+    """A leg whose hang-up waits until the test lets it finish."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.hanging_up, self.let_go = asyncio.Event(), asyncio.Event()
+
+    async def close(self, reason: str) -> None:
+        self.hanging_up.set()
+        await self.let_go.wait()
+        await super().close(reason)
+
+
+def test_a_call_ends_whole_though_whoever_ended_it_is_cancelled_meanwhile() -> None:
+    """A leg's handler cancelled at shutdown, or a dropped connection's task, while the call it
+    ended is still being torn down: the teardown goes on, and the call's end is whole."""
+    leg = SlowToHangUp()
+
+    async def body(call: Call) -> None:
+        await call.caller.run([wait_until(greeted(leg)), speak(1000, "where is the clinic"), pause(300)])
+        ending = asyncio.ensure_future(call.session.end("caller_hangup"))
+        await leg.hanging_up.wait()
+        ending.cancel()
+        leg.let_go.set()
+        await call.session.wait_closed()
+        assert ending.cancelled() and leg.closed == "caller_hangup"
+        assert call.session.id not in call.manager.sessions
+        assert call.record("end")[-1]["disposition"] == "caller_hangup"
+
+    scripted(body, leg=leg)
+
+
 def test_a_caller_who_stops_sending_is_still_answered() -> None:
     """DTX, a muted microphone, a stalled network: no frames at all after the question."""
 
@@ -780,6 +812,7 @@ def test_facts_read_ahead_are_kept_unless_an_entry_they_leave_out_is_clearly_clo
         assert packaged is not None
         knowledge = dataclasses.replace(packaged, briefing_chars=0)  # a base too large to give whole
         history: list[ChatMessage] = []
+        await call.caller.run([wait_until(greeted(call.leg))])  # the call's own work done first
         margin = knowledge.matcher.params.margin  # the scripted engines have no embedder: words alone
 
         async def facts(question: str, kept: tuple[str, ...] = ()) -> tuple[str, ...]:

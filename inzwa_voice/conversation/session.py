@@ -125,6 +125,7 @@ class CallSession:
         self._reprompted = False
         self._saying_goodbye = False
         self._ending = False
+        self._teardown: asyncio.Task[None] | None = None
         self._ended = asyncio.Event()
 
     # ----- the leg's side (Call) -----
@@ -204,7 +205,11 @@ class CallSession:
         await self._ended.wait()
 
     async def end(self, disposition: str, *, say_goodbye: bool = False) -> None:
-        """End the call once: optionally say goodbye, keep what was said, record, hang up."""
+        """End the call once: optionally say goodbye, keep what was said, record, hang up.
+
+        Once begun, the teardown runs to its end in a task of its own, even if whoever called
+        this is cancelled meanwhile (a leg's handler at shutdown, a client's connection dropped):
+        a call left half ended kept its session, its record open and its leg up."""
         if self._ending:
             return
         if say_goodbye and self.profile.goodbye:
@@ -221,12 +226,16 @@ class CallSession:
                 return
         self._ending = True
         self.disposition = disposition
+        self._teardown = asyncio.ensure_future(self._tear_down(disposition, asyncio.current_task()))
+        await asyncio.shield(self._teardown)
+
+    async def _tear_down(self, disposition: str, ending: asyncio.Task[Any] | None) -> None:
+        """``end``'s work; ``ending``: the task that called it, which goes on once it is done."""
         for timer in (self._max_length, self._idle):
             if timer is not None:
                 timer.cancel()
-        current = asyncio.current_task()
         for task in list(self._tasks):
-            if task is not current:
+            if task is not ending:
                 task.cancel()
         if self._detector.in_speech and self._responder.speculative is None:
             # A hang-up mid-sentence: the caller's words still count, the open stretch too.
