@@ -173,7 +173,9 @@ class AudioSocketLeg(OutputLeg):
         return b"".join(pcm16_to_bytes(frame) for frame in self._framer.push(samples))
 
     async def _send_audio(self, data: bytes) -> None:
-        if data:
+        """A frame of the bot's audio, unless the call is over on the wire: nothing may follow a
+        hangup or error frame, though the pacer still has audio queued until the call closes."""
+        if data and not self._final_sent:
             await self._write(encode_audio(data))
 
     async def _write(self, data: bytes) -> None:
