@@ -710,6 +710,7 @@ def test_the_model_never_passes_off_a_worked_example_s_fact_as_the_helpline_s() 
     "answer",
     [
         "I don't know that, shall I connect you to a counsellor?",
+        "I'm sorry, but I can't assist with that. Rent is paid monthly.",  # its own refusal
         "I will answer only from these facts. Rent is paid monthly.",  # its part of the briefing, copied
     ],
 )

@@ -72,13 +72,16 @@ _ONE_AS_A_WORD = re.compile(
 )
 """The word one standing for a thing ("a new one", "the right one", "no one"): no number stated."""
 _SAYS_IT_DOES_NOT_KNOW = re.compile(
-    rf"\W*(?:(?:(?:i['’]m|i am) sorry\W+)?i (?:don['’]?t|do not) know\b|{re.escape(BRIEFING_ACK.rstrip('.'))})",
+    r"\W*(?:(?:(?:i['’]m|i am) sorry\W+(?:but\s+)?)?i (?:don['’]?t|do not) know\b"
+    r"|(?:(?:i['’]m|i am) sorry\W+(?:but\s+)?)?i (?:can['’]?t|cannot|am unable to) (?:assist|help)\b"
+    rf"|{re.escape(BRIEFING_ACK.rstrip('.'))})",
     re.IGNORECASE,
 )
-"""The model saying it does not know, as the worked examples show it, or saying no more than its
-part of the briefing (``grounding.briefed_messages``), which it copies now and then: the
-authored words say it instead, ready-made, in the helpline's own voice, and offer the counsellor
-the way the call understands a "yes" to."""
+"""The model saying it does not know, as the worked examples show it, or that it cannot help (its
+own refusal, "I'm sorry, but I can't assist with that."), or saying no more than its part of the
+briefing (``grounding.briefed_messages``), which it copies now and then: the authored words say
+it instead, ready-made, in the helpline's own voice, and offer the counsellor the way the call
+understands a "yes" to."""
 _CAPITALISED = re.compile(r"(?<![.!?]\s)(?<!^)\b[A-Z][a-z]{2,}\b")
 _ALWAYS_FINE = frozenset({"English", "Shona", "Please", "Sorry", "Hello"})
 
