@@ -72,8 +72,8 @@ _ONE_AS_A_WORD = re.compile(
 )
 """The word one standing for a thing ("a new one", "the right one", "no one"): no number stated."""
 _SAYS_IT_DOES_NOT_KNOW = re.compile(
-    r"\W*(?:(?:(?:i['’]m|i am) sorry\W+(?:but\s+)?)?i (?:don['’]?t|do not) know\b"
-    r"|(?:(?:i['’]m|i am) sorry\W+(?:but\s+)?)?i (?:can['’]?t|cannot|am unable to) (?:assist|help)\b"
+    r"\W*(?:(?:(?:i['’]m|i am) sorry\W+(?:but\s+)?)?"
+    r"i (?:(?:don['’]?t|do not) know|(?:can['’]?t|cannot|am unable to) (?:assist|help))\b"
     rf"|{re.escape(BRIEFING_ACK.rstrip('.'))})",
     re.IGNORECASE,
 )

@@ -423,12 +423,13 @@ class Responder:
                     reply.mark("llm_first_token", reply.info.first_token_at)
                 reply.mark("first_phrase", _now())
                 reply.stage = "tts"
-                frames = self._prompts.ready(phrase_text.strip(), voice)
+                text = phrase_text.strip()
+                frames = self._prompts.ready(text, voice)
                 if frames is None:
                     async with asyncio.timeout(STAGE_TIMEOUT_S):
-                        frames = await synthesize_frames(self._inference, phrase_text.strip(), voice)
+                        frames = await synthesize_frames(self._inference, text, voice)
                 reply.mark("tts_first_audio", _now())
-                await self._hand_over(reply, Phrase(phrase_text.strip(), frames))
+                await self._hand_over(reply, Phrase(text, frames))
 
     @staticmethod
     async def _hand_over(reply: Reply, phrase: Phrase) -> None:

@@ -125,7 +125,7 @@ class CallSession:
         self._reprompted = False
         self._saying_goodbye = False
         self._ending = False
-        self._teardown: asyncio.Task[None] | None = None
+        self._teardown: asyncio.Task[None] | None = None  # held: the loop keeps only weak references
         self._ended = asyncio.Event()
 
     # ----- the leg's side (Call) -----

@@ -49,6 +49,12 @@ def _ask(question: str, facts: list[str] | tuple[str, ...]) -> str:
     return QUESTION_TEMPLATE.format(facts=_listed(facts), question=" ".join(question.split()))
 
 
+def _conversation(history: list[ChatMessage]) -> list[ChatMessage]:
+    """The turns said so far, as they were said: the history's own system message and empty
+    turns are left out (each layout puts its own system part first)."""
+    return [ChatMessage(m.role, m.content) for m in history if m.role != "system" and m.content.strip()]
+
+
 def grounded_system(system: str) -> str:
     """The system message of every grounded prompt: the profile's own prompt, then the rules.
 
@@ -73,11 +79,10 @@ def grounded_messages(question: str, facts: list[str], history: list[ChatMessage
             ChatMessage("user", _ask(example_question, example_facts)),
             ChatMessage("assistant", example_answer),
         ]
-    turns = [ChatMessage(m.role, m.content) for m in history if m.role != "system" and m.content.strip()]
     return [
         ChatMessage("system", grounded_system(system)),
         *examples,
-        *turns,
+        *_conversation(history),
         ChatMessage("user", _ask(question, facts)),
     ]
 
@@ -109,5 +114,5 @@ def briefed_messages(question: str, facts: list[str], history: list[ChatMessage]
         ChatMessage("user", f"New call. Facts:\n{_listed(facts)}"),
         ChatMessage("assistant", BRIEFING_ACK),
     ]
-    turns = [ChatMessage(m.role, m.content) for m in history if m.role != "system" and m.content.strip()]
-    return [*messages, *turns, ChatMessage("user", BRIEFED_QUESTION.format(question=" ".join(question.split())))]
+    question_alone = ChatMessage("user", BRIEFED_QUESTION.format(question=" ".join(question.split())))
+    return [*messages, *_conversation(history), question_alone]
