@@ -14,8 +14,8 @@ from collections.abc import Awaitable, Callable
 import pytest
 
 from inzwa_voice.config import load_settings
-from inzwa_voice.conversation.brain import ungrounded
 from inzwa_voice.conversation.calls import CallEvent, CallManager
+from inzwa_voice.conversation.fact_check import FactCheck
 from inzwa_voice.conversation.prompts import Preparation, PromptAudio
 from inzwa_voice.conversation.session import CallSession
 from inzwa_voice.core import CallInfo, Profile
@@ -694,6 +694,34 @@ def test_the_model_never_speaks_a_number_or_name_it_was_not_given() -> None:
     ungrounded_answer("what is the capital of france", made_up, check)
 
 
+@pytest.mark.parametrize(
+    ("answer", "written", "source"),
+    [
+        (
+            "You should call 112 now and report it to the police, or go to the station in town.",
+            "You should call 112 now",
+            "ungrounded",
+        ),
+        ("I'm sorry, but I can't assist with that request today.", "I'm sorry, but I can't assist with", "dont_know"),
+    ],
+)
+def test_the_authored_i_do_not_know_comes_at_the_word_that_loses_the_answer(
+    answer: str, written: str, source: str
+) -> None:
+    """The model is stopped at the word that decides its phrase will not be spoken (the next
+    one shows the word whole), not at the phrase's end: the caller hears the authored words
+    that many tokens sooner."""
+
+    def check(call: Call, spoken: list[str]) -> None:
+        (asked,) = call.engines.llm.calls
+        assert asked.text == written and asked.outcome in ("closed", "cancelled")
+        assert spoken[-1] == DONT_KNOW_SPOKEN and not any(written in t for t in spoken)
+        (end,) = [e for e in call.leg.events("tts.end") if "source" in e.event]
+        assert end.event["source"] == {"kind": "fallback", "id": source}
+
+    ungrounded_answer("my phone was stolen yesterday should i tell the police", answer, check)
+
+
 def test_the_model_never_passes_off_a_worked_example_s_fact_as_the_helpline_s() -> None:
     def check(call: Call, spoken: list[str]) -> None:
         (asked,) = call.engines.llm.calls
@@ -703,7 +731,7 @@ def test_the_model_never_passes_off_a_worked_example_s_fact_as_the_helpline_s() 
     copied = "You can get it at the registry office in town."
     ungrounded_answer("i lost my identity card how do i get a new one", copied, check)
     # Where the helpline's own facts say it, it is theirs to say.
-    assert not ungrounded(copied, ["Identity cards are replaced at the registry office in town."])
+    assert not FactCheck(["Identity cards are replaced at the registry office in town."]).ungrounded(copied)
 
 
 @pytest.mark.parametrize(
@@ -768,18 +796,21 @@ def test_a_phrase_copying_an_entry_about_something_else_is_no_answer() -> None:
     hiv = "HIV testing is free at government clinics and most hospitals, and you get the result the same day."
     food = "To get food support, go to your nearest Social Welfare office to be registered."
     rent = "can you help me with the rent"
-    assert ungrounded("Rent is free at government clinics and most hospitals.", [food, rent], [hiv, food])
-    assert not ungrounded("Go to your nearest Social Welfare office.", [food, rent], [hiv, food])
-    assert not ungrounded("I can help you with the rent at the clinic.", [food, rent], [hiv, food])
-    assert not ungrounded("HIV testing is free at government clinics.", [hiv, "is the test free"], [hiv, food])
+    check = FactCheck([food, rent], [hiv, food])
+    assert check.ungrounded("Rent is free at government clinics and most hospitals.")
+    assert not check.ungrounded("Go to your nearest Social Welfare office.")
+    assert not check.ungrounded("I can help you with the rent at the clinic.")
+    assert not FactCheck([hiv, "is the test free"], [hiv, food]).ungrounded(
+        "HIV testing is free at government clinics."
+    )
 
 
 def test_the_word_one_standing_for_a_thing_states_no_number() -> None:
-    facts = ["A lost identity card is replaced at the registry office."]
-    assert not ungrounded("You can get a new one at the registry office.", facts)
-    assert not ungrounded("No one will share what you say.", facts)
-    assert ungrounded("Only one person can get a new card.", facts)
-    assert ungrounded("Press one for the registry office.", facts)
+    check = FactCheck(["A lost identity card is replaced at the registry office."])
+    assert not check.ungrounded("You can get a new one at the registry office.")
+    assert not check.ungrounded("No one will share what you say.")
+    assert check.ungrounded("Only one person can get a new card.")
+    assert check.ungrounded("Press one for the registry office.")
 
 
 def test_while_the_caller_goes_on_their_words_so_far_are_read_ahead_and_the_answer_keeps_their_facts() -> None:

@@ -476,3 +476,27 @@ async def test_a_slow_unpunctuated_phrase_is_released_after_the_time_cap() -> No
     out = [p async for p in phrases(slow_model(), time_cap=2.5, clock=lambda: float(next(ticks)))]
     # One token a second: the phrase that began at t=0 is cut at its last space at t=3.
     assert out == ["one two three four ", "five six"]
+
+
+async def test_a_phrase_ends_at_the_word_that_decides_it_and_only_whole_words_are_judged() -> None:
+    """A phrase the caller will not hear (``decided``) ends at once: the model need not write
+    the rest of it first. Judged once per whole word, never on half of one ("9" of "999")."""
+    text = "You should call 999 now and ask for an ambulance, or go to the hospital. Do not wait."
+    judged: list[str] = []
+
+    def decided(words_so_far: str) -> bool:
+        judged.append(words_so_far)
+        return "999" in words_so_far.split()
+
+    async def model() -> AsyncIterator[str]:
+        for token in [*words(text)[:3], " 9", "99", *words(text)[4:]]:
+            yield token
+
+    out = [p async for p in phrases(model(), decided=decided)]
+    assert out[0] == "You should call 999 "
+    assert "".join(out) == text
+    assert all(w.endswith(" ") for w in judged) and len(judged) == len(set(judged))
+    assert "You should call 9 " not in judged
+    # Never decided: the same phrases as without the check.
+    undecided = [p async for p in phrases(model(), decided=lambda _: False)]
+    assert undecided == [p async for p in phrases(model())]

@@ -19,17 +19,18 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import AsyncGenerator, Iterable, Mapping, Sequence
+from collections.abc import AsyncGenerator, Iterable, Mapping
 from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
 
+from inzwa_voice.conversation.fact_check import FactCheck
 from inzwa_voice.conversation.reply import ReplyInfo, safe_reply
 from inzwa_voice.core import Profile
 from inzwa_voice.engines.base import ChatMessage, Inference
-from inzwa_voice.engines.grounding import BRIEFING_ACK, GROUNDED_EXAMPLES, briefed_messages, grounded_messages
+from inzwa_voice.engines.grounding import briefed_messages, grounded_messages
 from inzwa_voice.knowledge.base import Action, Entry, KnowledgeBase
 from inzwa_voice.knowledge.match import Matcher, Vector, understand
 from inzwa_voice.safety import Safety
@@ -61,50 +62,6 @@ CLARIFY_FLOOR = 0.3
 """An unsure match this close is worth "do you mean ...?"; below it, an English question goes to
 the grounded LLM (a Shona one still gets the clarifying question: nothing else can answer it)."""
 
-_NUMBERISH = re.compile(
-    r"\d+(?:[:.,]\d+)*|\b(?:zero|one|two|three|four|five|six|seven|eight|nine|ten|eleven|twelve|"
-    r"thirteen|fourteen|fifteen|sixteen|seventeen|eighteen|nineteen|twenty|thirty|forty|fifty|"
-    r"sixty|seventy|eighty|ninety|hundred|thousand|noon|midnight)\b",
-    re.IGNORECASE,
-)
-_ONE_AS_A_WORD = re.compile(
-    r"\b(?:a|an|the|this|that|which|any|each|every|no|new|another|other|same|right)\s+one\b", re.IGNORECASE
-)
-"""The word one standing for a thing ("a new one", "the right one", "no one"): no number stated."""
-_SAYS_IT_DOES_NOT_KNOW = re.compile(
-    r"\W*(?:(?:(?:i['’]m|i am) sorry\W+(?:but\s+)?)?"
-    r"i (?:(?:don['’]?t|do not) know|(?:can['’]?t|cannot|am unable to) (?:assist|help))\b"
-    rf"|{re.escape(BRIEFING_ACK.rstrip('.'))})",
-    re.IGNORECASE,
-)
-"""The model saying it does not know, as the worked examples show it, or that it cannot help (its
-own refusal, "I'm sorry, but I can't assist with that."), or saying no more than its part of the
-briefing (``grounding.briefed_messages``), which it copies now and then: the authored words say
-it instead, ready-made, in the helpline's own voice, and offer the counsellor the way the call
-understands a "yes" to."""
-_CAPITALISED = re.compile(r"(?<![.!?]\s)(?<!^)\b[A-Z][a-z]{2,}\b")
-_ALWAYS_FINE = frozenset({"English", "Shona", "Please", "Sorry", "Hello"})
-
-
-def _runs(text: str, n: int) -> set[tuple[str, ...]]:
-    """``text``'s runs of ``n`` words in a row."""
-    words = re.findall(r"[a-z0-9']+", text.lower())
-    return set(zip(*(words[i:] for i in range(n)), strict=False))
-
-
-_EXAMPLE_TRIGRAMS = frozenset(
-    trigram for facts, _, _ in GROUNDED_EXAMPLES for fact in facts for trigram in _runs(fact, 3)
-)
-"""Three words in a row from the worked examples' made-up facts. The small model copies them into
-answers about things alike ("I lost my identity card" got "the registry office in town", a birth
-certificate's): words a caller would take for the helpline's, that no entry says."""
-COPIED_RUN = 5
-"""Words in a row of an entry far from the question that make a phrase a copy of it. Given the
-whole knowledge base, the small model answered "can you help me with the rent?" with the HIV
-answer's "free at government clinics and most hospitals", and a lost identity card with the
-clinic's "the government clinic nearest you": the helpline's words, about something else.
-Shorter runs ("you can also get") are anybody's words."""
-
 
 @dataclass(frozen=True)
 class Source:
@@ -135,7 +92,7 @@ class Facts:
     """What a model answer is grounded on: the whole knowledge base's answers, given before the
     conversation (``briefed``: ``BRIEFING_CHARS``), or its entries closest to the question,
     given with it. ``closest``: the entries closest to the question, the only ones whose numbers
-    and names an answer may state (``ungrounded``), either way: given the whole base, the small
+    and names an answer may state (``FactCheck``), either way: given the whole base, the small
     model also copies a number from an entry about something else ("72 hours" of the HIV
     answer, into one about a lost identity card), and the check is as strict as it was."""
 
@@ -401,6 +358,7 @@ class Brain:
         info = ReplyInfo()
         messages = _model_messages(text, facts, history, profile)
         max_tokens, temperature = limits
+        check = None if knowledge is None or facts is None else FactCheck([*facts.closest, text], facts.texts)
         phrases = safe_reply(
             self._inference,
             self._safety,
@@ -409,11 +367,12 @@ class Brain:
             info=info,
             max_tokens=max_tokens,
             temperature=temperature,
+            decided=None if check is None else check.decided,
         )
         answer = Answer(Source("llm", None), info=info)
-        if knowledge is not None and facts is not None:
+        if knowledge is not None and check is not None:
             dont_know = knowledge.text("dont_know", language)
-            answer.phrases = _grounded(phrases, facts, text, dont_know, answer, dialog)
+            answer.phrases = _grounded(phrases, check, dont_know, answer, dialog)
         else:
             answer.phrases = phrases
         return answer
@@ -477,41 +436,20 @@ def _model_messages(text: str, facts: Facts | None, history: list[ChatMessage], 
     return layout(text, list(facts.texts), history, profile.system_prompt)
 
 
-def ungrounded(phrase: str, sources: list[str], elsewhere: Sequence[str] = ()) -> bool:
-    """Does ``phrase`` state a number, time, phone number or name that none of ``sources`` has,
-    or repeat a worked example's fact, or ``COPIED_RUN`` words of ``elsewhere`` (facts the model
-    was given that are about other things), that none of them says?"""
-    known = " ".join(sources)
-    if (_runs(phrase, 3) & _EXAMPLE_TRIGRAMS) - _runs(known, 3):
-        return True
-    if elsewhere and (_runs(phrase, COPIED_RUN) & _runs(" ".join(elsewhere), COPIED_RUN)) - _runs(known, COPIED_RUN):
-        return True
-    known_numbers = {m.group(0).lower() for m in _NUMBERISH.finditer(known)}
-    stated = _ONE_AS_A_WORD.sub(" ", phrase)
-    if any(m.group(0).lower() not in known_numbers for m in _NUMBERISH.finditer(stated)):
-        return True
-    known_words = set(re.findall(r"[A-Za-z]+", known))
-    return any(w not in known_words and w not in _ALWAYS_FINE for w in _CAPITALISED.findall(phrase.strip()))
-
-
 async def _grounded(
-    phrases: AsyncGenerator[str, None],
-    facts: Facts,
-    question: str,
-    dont_know: str,
-    answer: Answer,
-    dialog: Dialog,
+    phrases: AsyncGenerator[str, None], check: FactCheck, dont_know: str, answer: Answer, dialog: Dialog
 ) -> AsyncGenerator[str, None]:
     """The model's phrases while they hold to the facts; at the first that does not, or that
     says the model does not know, the authored "I don't know" instead (it offers a counsellor,
-    and a "yes" to it is heard as one: ``Dialog.pending``), and the model is stopped."""
+    and a "yes" to it is heard as one: ``Dialog.pending``), and the model is stopped. The
+    phrase splitter ends a phrase at the word that decides it (``FactCheck.decided``), so the
+    authored words come as soon as the answer is lost."""
     spoken: list[str] = []
-    sources = [*facts.closest, question]
     async with aclosing(phrases):
         async for phrase in phrases:
-            does_not_know = _SAYS_IT_DOES_NOT_KNOW.match(phrase) is not None
-            if does_not_know or ungrounded(phrase, sources, facts.texts):
-                answer.source = Source("fallback", "dont_know" if does_not_know else "ungrounded")
+            verdict = check.verdict(phrase)
+            if verdict is not None:
+                answer.source = Source("fallback", verdict)
                 dialog.pending = "transfer"
                 yield dont_know
                 spoken.append(dont_know)

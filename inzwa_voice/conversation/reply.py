@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from inzwa_voice.engines.base import ChatMessage, Inference
 from inzwa_voice.safety import Safety
+from inzwa_voice.safety.stream import Decided
 
 
 @dataclass
@@ -48,7 +49,10 @@ async def safe_reply(
     max_tokens: int | None = None,
     temperature: float | None = None,
     stop: list[str] | None = None,
+    decided: Decided | None = None,
 ) -> AsyncGenerator[str, None]:
+    """The safe reply to ``messages``, phrase by phrase; ``decided`` lets a phrase end at the word
+    that decides it will not be spoken (``safety.stream.PhraseSplitter.feed``)."""
     last_user = next((m.content for m in reversed(messages) if m.role == "user"), "")
     verdict = safety.check_input(last_user, language)
     metrics = engines.metrics
@@ -74,6 +78,6 @@ async def safe_reply(
     tokens = counted()
     # aclosing: when the listener hangs up, closing this reply closes the filter, which closes
     # the generation, which stops the model thread (async-for alone would leave them to the GC).
-    async with aclosing(safety.filter_stream(tokens, language, on_event=on_event)) as phrases:
+    async with aclosing(safety.filter_stream(tokens, language, on_event=on_event, decided=decided)) as phrases:
         async for phrase in phrases:
             yield phrase

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Literal
 
 from inzwa_voice.safety.patterns import PatternSet, load_patterns
-from inzwa_voice.safety.stream import cut_role_tag, phrases, strip_markup
+from inzwa_voice.safety.stream import Decided, cut_role_tag, phrases, strip_markup
 from inzwa_voice.safety.templates import Templates, load_templates, template_language
 
 DATA_DIR = Path(__file__).parent / "data"
@@ -99,15 +99,20 @@ class Safety:
         return self._templates.refusal[template_language(language)]
 
     async def filter_stream(
-        self, tokens: AsyncIterator[str], language: str, on_event: EventCallback | None = None
+        self,
+        tokens: AsyncIterator[str],
+        language: str,
+        on_event: EventCallback | None = None,
+        decided: Decided | None = None,
     ) -> AsyncGenerator[str, None]:
-        """Yield ``tokens`` as checked phrases; end at a leaked role tag, or with a refusal when blocked.
+        """Yield ``tokens`` as checked phrases (a phrase also ending where ``decided`` says,
+        ``stream.phrases``); end at a leaked role tag, or with a refusal when blocked.
 
         Each phrase is checked together with the one before it, so a pattern split by a phrase
         end ("kill... yourself") is still caught. Stopping, whether here or by the consumer
         closing this generator, closes ``tokens`` so the model stops generating.
         """
-        async with aclosing(phrases(tokens)) as stream:
+        async with aclosing(phrases(tokens, decided=decided)) as stream:
             previous = ""
             async for phrase in stream:
                 text, role = cut_role_tag(phrase)

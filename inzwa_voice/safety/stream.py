@@ -37,6 +37,10 @@ _PHRASE_END = re.compile(r"(?:[.!?;:…]+[\"'”’)\]]*\s+|\n\s*)(?=\S)")
 _LAST_SPACE = re.compile(r"\s+(?=\S*\Z)")
 _CLAUSE_END = re.compile(r",\s+(?=\S)")
 
+Decided = Callable[[str], bool]
+"""Whether the whole words so far of a phrase already decide it, whatever follows (a model answer
+that has lost its footing: ``conversation.fact_check``)."""
+
 # A label starting a line or sentence means the model began writing another speaker's turn; chat
 # template tokens mean the same wherever they appear.
 _ROLE_TAG = re.compile(
@@ -64,23 +68,34 @@ class PhraseSplitter:
         self._clause = clause
         self._buffer = ""
         self._first = True
+        self._judged = 0  # how much of the buffer ``decided`` has seen
 
-    def feed(self, token: str, overdue: bool = False) -> list[str]:
+    def feed(self, token: str, overdue: bool = False, decided: Decided | None = None) -> list[str]:
         """Add ``token``; return the phrases it completed, in order.
 
         ``overdue``: the current phrase has waited past the time cap, so it ends at its last space.
+        ``decided``: the phrase also ends at its last space once this says its whole words so far
+        decide it: a phrase that will not be spoken is not waited for to its end.
         """
         self._buffer += token
         phrases: list[str] = []
         while (end := self._phrase_end()) is not None:
             phrases.append(self._buffer[:end])
             self._buffer = self._buffer[end:]
-            self._first = False
-        if overdue and (space := _LAST_SPACE.search(self._buffer)) is not None and space.start() > 0:
+            self._first, self._judged = False, 0
+        space = _LAST_SPACE.search(self._buffer)
+        if space is not None and space.start() > 0 and (overdue or self._decides(decided, space.end())):
             phrases.append(self._buffer[: space.end()])
             self._buffer = self._buffer[space.end() :]
-            self._first = False
+            self._first, self._judged = False, 0
         return phrases
+
+    def _decides(self, decided: Decided | None, words_end: int) -> bool:
+        """Asked once per whole word: a word is whole once the whitespace after it has come."""
+        if decided is None or words_end == self._judged:
+            return False
+        self._judged = words_end
+        return decided(self._buffer[:words_end])
 
     @property
     def pending(self) -> bool:
@@ -107,16 +122,20 @@ class PhraseSplitter:
 
 
 async def phrases(
-    tokens: AsyncIterator[str], time_cap: float = PHRASE_TIME_CAP_S, clock: Callable[[], float] = time.monotonic
+    tokens: AsyncIterator[str],
+    time_cap: float = PHRASE_TIME_CAP_S,
+    clock: Callable[[], float] = time.monotonic,
+    decided: Decided | None = None,
 ) -> AsyncGenerator[str, None]:
-    """Phrases of ``tokens``; closing this generator closes ``tokens`` too, stopping the model."""
+    """Phrases of ``tokens``, a phrase also ending at the word that ``decided`` it
+    (``PhraseSplitter.feed``); closing this generator closes ``tokens`` too, stopping the model."""
     splitter = PhraseSplitter()
     started: float | None = None  # when the phrase now buffering began
     try:
         async for token in tokens:
             now = clock()
             started = now if started is None else started
-            for phrase in splitter.feed(token, overdue=now - started >= time_cap):
+            for phrase in splitter.feed(token, overdue=now - started >= time_cap, decided=decided):
                 yield phrase
                 started = now if splitter.pending else None
         if rest := splitter.flush():
