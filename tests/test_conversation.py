@@ -703,6 +703,7 @@ def test_the_model_never_speaks_a_number_or_name_it_was_not_given() -> None:
             "ungrounded",
         ),
         ("I'm sorry, but I can't assist with that request today.", "I'm sorry, but I can't assist with", "dont_know"),
+        ("You should not tell the police about it, it will not help.", "You should not tell", "ungrounded"),
     ],
 )
 def test_the_authored_i_do_not_know_comes_at_the_word_that_loses_the_answer(
@@ -796,17 +797,37 @@ def test_a_phrase_copying_an_entry_about_something_else_is_no_answer() -> None:
     hiv = "HIV testing is free at government clinics and most hospitals, and you get the result the same day."
     food = "To get food support, go to your nearest Social Welfare office to be registered."
     rent = "can you help me with the rent"
-    check = FactCheck([food, rent], [hiv, food])
+    check = FactCheck([food], rent, [hiv, food])
     assert check.ungrounded("Rent is free at government clinics and most hospitals.")
     assert not check.ungrounded("Go to your nearest Social Welfare office.")
-    assert not check.ungrounded("I can help you with the rent at the clinic.")
-    assert not FactCheck([hiv, "is the test free"], [hiv, food]).ungrounded(
+    assert not check.ungrounded("Your nearest Social Welfare office can register you.")
+    assert not FactCheck([hiv], "is the test free", [hiv, food]).ungrounded(
         "HIV testing is free at government clinics."
     )
 
 
+def test_an_answer_says_nothing_of_substance_that_its_facts_do_not() -> None:
+    """The caller's words are no facts: the small model turns them into advice and promises of
+    its own (these answers are what it said in the call benchmark). Comfort and the offer of a
+    person state nothing, and are the model's to give."""
+    food = "To get food support, go to your nearest Social Welfare office to be registered."
+    emergency = "In an emergency call 999 now, or go to the nearest hospital. Do not leave them alone."
+    check = FactCheck([food, emergency], "My landlord wants me out of my house. Can you help me with rent?")
+    assert check.ungrounded("We can help you with rent. Please contact your landlord and ask for a refund.")
+    assert check.ungrounded("You can rent your house at the government office.")
+    assert not check.ungrounded("I'm sorry to hear that. Would you like to talk to a counsellor?")
+    assert not check.ungrounded("Please go to your nearest Social Welfare office to register.")
+    police = FactCheck([emergency], "My phone was stolen yesterday. Should I tell the police?")
+    assert police.ungrounded("You should not tell the police.")
+    assert police.ungrounded("Tell the police.")
+    # Advice against is the facts' own where they advise against something.
+    pin = "Never share your PIN with anyone, not even someone who says they are from the bank."
+    assert not FactCheck([pin], "should i tell someone my pin").ungrounded("You should never share your PIN.")
+
+
 def test_the_word_one_standing_for_a_thing_states_no_number() -> None:
-    check = FactCheck(["A lost identity card is replaced at the registry office."])
+    privacy = "What you say is kept private: we share it with nobody."
+    check = FactCheck(["A lost identity card is replaced at the registry office.", privacy])
     assert not check.ungrounded("You can get a new one at the registry office.")
     assert not check.ungrounded("No one will share what you say.")
     assert check.ungrounded("Only one person can get a new card.")

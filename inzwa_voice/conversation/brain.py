@@ -358,7 +358,7 @@ class Brain:
         info = ReplyInfo()
         messages = _model_messages(text, facts, history, profile)
         max_tokens, temperature = limits
-        check = None if knowledge is None or facts is None else FactCheck([*facts.closest, text], facts.texts)
+        check = None if knowledge is None or facts is None else FactCheck(facts.closest, text, facts.texts)
         phrases = safe_reply(
             self._inference,
             self._safety,

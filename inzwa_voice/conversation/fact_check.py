@@ -7,6 +7,13 @@ these is decided by the words themselves: once the words so far decide it, the w
 cannot undo it. The phrase splitter asks the check at every word (``FactCheck.decided``), so the
 authored "I don't know" is said as soon as the answer is lost, not once its sentence is written:
 at some 30 ms a token on two cores, "999" decides at the fourth word of a fourteen-word phrase.
+
+Beyond numbers and names, what the model says must be the facts' to say: each word of substance
+in an answer must be a word of the facts closest to the question (``_unsupported``). The words
+of the caller's question do not count: the model turns them into advice of its own ("Should I
+tell the police?" got "You should not tell the police."; "Can you help me with rent?" got "We
+can help you with rent. Please contact your landlord and ask for a refund."). Words that carry
+no fact (the function words, and those of comfort and of offering a person) are anybody's.
 """
 
 from __future__ import annotations
@@ -42,6 +49,30 @@ it instead, ready-made, in the helpline's own voice, and offer the counsellor th
 understands a "yes" to."""
 _CAPITALISED = re.compile(r"(?<![.!?]\s)(?<!^)\b[A-Z][a-z]{2,}\b")
 _ALWAYS_FINE = frozenset({"English", "Shona", "Please", "Sorry", "Hello"})
+_NO_FACT_WORDS = """
+    a an the you your yours i i'm i'll i've we we're we'll our us me my it it's its they them their
+    this that these those there here is are was were be been being am do does did done don't doesn't
+    not no yes to of in on at for with and or but if so as by from up out about into than then also
+    any some more just only very can can't cannot could will would should shall may might must have
+    has had get got go what when where which who how why please all each every one other another such
+    too again let let's make sure okay ok well now new
+    sorry hear heard help talk speak counsellor counsellors connect someone somebody person people like
+    want need know understand feel feeling listen thank thanks welcome glad fine good hello hi
+    safe alone difficult hard worried scared line helpline information ask say
+"""
+_NO_FACT = frozenset(_NO_FACT_WORDS.split())
+"""Words that state no fact: function words, and those of comfort, of offering a person, and of
+asking. Anything else an answer says must be in its facts (``FactCheck``)."""
+_STEM = 5
+"""Letters two words must share at the start to count as one ("opens" and "open", "Wednesdays"
+and "Wednesday", "registered" and "register")."""
+_ADVICE_AGAINST = re.compile(r"\b(?:should|must)\s*(?:not|n['’]t)\b|\bnever\b", re.IGNORECASE)
+"""Advice against something ("You should not tell the police."): the facts' words, turned
+around, unless the facts themselves advise against something."""
+
+
+def _words(text: str) -> list[str]:
+    return re.findall(r"[a-z][a-z']*", text.lower().replace("’", "'"))
 
 
 def _runs(text: str, n: int) -> set[tuple[str, ...]]:
@@ -65,20 +96,23 @@ Shorter runs ("you can also get") are anybody's words."""
 
 
 class FactCheck:
-    """The check of one answer: ``sources`` are what it may state numbers and names from (the
-    entries closest to the question, and the question), ``elsewhere`` every other fact the
-    model was given. Built once per answer, it is asked at every word the model writes."""
+    """The check of one answer: ``facts`` are the entries closest to the question, the only ones
+    it may state anything from; ``question`` may lend it numbers and names (the caller's own),
+    not advice; ``elsewhere`` is every other fact the model was given. Built once per answer, it
+    is asked at every word the model writes."""
 
-    def __init__(self, sources: Sequence[str], elsewhere: Sequence[str] = ()) -> None:
-        known = " ".join(sources)
+    def __init__(self, facts: Sequence[str], question: str = "", elsewhere: Sequence[str] = ()) -> None:
+        known = " ".join([*facts, question])
         self._example_runs = _EXAMPLE_TRIGRAMS - _runs(known, 3)
         self._copied_runs = _runs(" ".join(elsewhere), COPIED_RUN) - _runs(known, COPIED_RUN)
         self._numbers = {m.group(0).lower() for m in _NUMBERISH.finditer(known)}
-        self._words = set(re.findall(r"[A-Za-z]+", known))
+        self._names = set(re.findall(r"[A-Za-z]+", known))
+        self._stems = {word[:_STEM] for fact in facts for word in _words(fact)}
+        self._advises_against = any(_ADVICE_AGAINST.search(fact) for fact in facts)
 
     def verdict(self, phrase: str) -> Verdict | None:
-        """Why ``phrase`` may not be spoken: the model says it does not know, or states what its
-        sources do not hold (``ungrounded``); None if it may."""
+        """Why ``phrase`` may not be spoken: the model says it does not know, or says what its
+        facts do not hold (``ungrounded``); None if it may."""
         if _SAYS_IT_DOES_NOT_KNOW.match(phrase) is not None:
             return "dont_know"
         return "ungrounded" if self.ungrounded(phrase) else None
@@ -89,11 +123,19 @@ class FactCheck:
         return self.verdict(words) is not None
 
     def ungrounded(self, phrase: str) -> bool:
-        """Does ``phrase`` state a number, time, phone number or name that no source has, or
-        repeat a worked example's fact, or ``COPIED_RUN`` words of a fact about something else?"""
+        """Does ``phrase`` state a number, time, phone number or name that neither the facts nor
+        the question has, repeat a worked example's fact, copy ``COPIED_RUN`` words of a fact
+        about something else, or say anything of substance its facts do not?"""
         if _runs(phrase, 3) & self._example_runs or _runs(phrase, COPIED_RUN) & self._copied_runs:
             return True
         stated = _ONE_AS_A_WORD.sub(" ", phrase)
         if any(m.group(0).lower() not in self._numbers for m in _NUMBERISH.finditer(stated)):
             return True
-        return any(w not in self._words and w not in _ALWAYS_FINE for w in _CAPITALISED.findall(phrase.strip()))
+        if any(w not in self._names and w not in _ALWAYS_FINE for w in _CAPITALISED.findall(phrase.strip())):
+            return True
+        return self._unsupported(phrase)
+
+    def _unsupported(self, phrase: str) -> bool:
+        if not self._advises_against and _ADVICE_AGAINST.search(phrase):
+            return True
+        return any(w not in _NO_FACT and w[:_STEM] not in self._stems for w in _words(phrase))
