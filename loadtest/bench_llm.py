@@ -8,7 +8,9 @@ then asks the question alone (``grounding.briefed_messages``, what the gateway d
 knowledge base short enough). Grounding quality: an answerable question is correct when its
 answer holds every expected key word (any of the spellings listed); an unanswerable one should
 say it does not know, and an answer that names a number, time, day, place or phone number that
-is not in the facts counts as invented.
+is not in the facts counts as invented. ``gateway_check``: of the answers that are not the
+model's own "I don't know", how many correct and wrong ones a call would speak, and how many
+the gateway's check (``conversation.fact_check``) would replace with the authored "I don't know".
 Then the KV cache: the same second turn of a call evaluated from a cold cache, after a first
 turn of the same call, and after another call with the same system prompt.
 
@@ -29,9 +31,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from inzwa_voice.config import Settings, load_settings
+from inzwa_voice.conversation.brain import FACTS
+from inzwa_voice.conversation.fact_check import FactCheck
 from inzwa_voice.engines import grounding
 from inzwa_voice.engines.base import ChatMessage
 from inzwa_voice.engines.llm import llamacpp
+from inzwa_voice.safety.stream import PhraseSplitter
 
 
 @dataclass(frozen=True)
@@ -128,6 +133,18 @@ def invented_details(answer: str, facts: list[str], question: str) -> list[str]:
     return sorted(set(found))
 
 
+def checked(text: str, case: Case) -> str | None:
+    """What the gateway's check (``FactCheck``, phrase by phrase as a call speaks them) says of
+    an answer grounded on the case's closest entries: None if it would be spoken whole, else why
+    it would be replaced by the authored "I don't know"."""
+    check = FactCheck(case.facts[:FACTS], case.question, BRIEFING)
+    splitter = PhraseSplitter()
+    for phrase in [*splitter.feed(text), splitter.flush()]:
+        if phrase.strip() and (verdict := check.verdict(phrase)) is not None:
+            return verdict
+    return None
+
+
 def summary(values: list[float], digits: int = 3) -> dict[str, float]:
     ordered = sorted(values)
     p95 = ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
@@ -193,10 +210,13 @@ async def bench_layout(llm: llamacpp.LlamaCppLLM, layout: Layout, runs: int, sho
     answerable = sum(1 for c in CASES if c.expect is not None) * runs
     unanswerable = len(CASES) * runs - answerable
     rows: list[dict[str, object]] = []
+    spoken = {"correct": 0, "correct_replaced": 0, "wrong": 0, "wrong_replaced": 0}
     for _ in range(runs):
         for case in CASES:
             messages, facts = layout(case)
             result = await answer(llm, messages)
+            replaced = checked(result.text, case)
+            said = bool(_DONT_KNOW.search(result.text))
             firsts.append(result.first_s)
             totals.append(result.total_s)
             if result.tokens > 1 and result.total_s > result.first_s:
@@ -207,12 +227,13 @@ async def bench_layout(llm: llamacpp.LlamaCppLLM, layout: Layout, runs: int, sho
                 correct += ok
                 invented_on_answerable += bool(made_up)
             else:
-                said = bool(_DONT_KNOW.search(result.text))
                 ok = said and not made_up
                 invented += bool(made_up)
                 dont_know += said
+            if not (case.expect is None and said):  # an answer, not the model's own "I don't know"
+                spoken[("correct" if ok else "wrong") + ("_replaced" if replaced else "")] += 1
             if show:
-                rows.append({"q": case.question, "a": result.text, "ok": ok, "invented": made_up})
+                rows.append({"q": case.question, "a": result.text, "ok": ok, "invented": made_up, "replaced": replaced})
     report: dict[str, object] = {
         "first_token_s": summary(firsts),
         "answer_s": summary(totals),
@@ -228,6 +249,7 @@ async def bench_layout(llm: llamacpp.LlamaCppLLM, layout: Layout, runs: int, sho
             "invented_rate": round(invented / unanswerable, 3),
             "answered_anyway_without_invented_detail": unanswerable - dont_know - invented,
         },
+        "gateway_check": spoken,
     }
     if show:
         report["answers"] = rows
