@@ -5,9 +5,10 @@ No packaged model writes or reliably hears Shona, so everything a Shona caller h
 authored text: a confident match speaks its entry; an unsure one asks "do you mean ...?"; no
 match offers a person and the keypad menu. An English question nothing covers may go to the
 LLM with the knowledge base's answers as its only facts (all of them where they are short
-enough, ``BRIEFING_CHARS``, else the closest entries), and a number, time or phone number in its
-answer that is not in those facts, or the model saying it does not know, replaces the answer
-with the authored "I don't know that, shall I connect you to a counsellor?". The same brain
+enough, ``BRIEFING_CHARS``, else the closest entries), and a phrase of its answer that says
+what the closest of those facts do not (``fact_check``), or the model saying it does not know,
+replaces the answer with the authored "I don't know that, shall I connect you to a
+counsellor?". The same brain
 serves calls and ``POST /v1/chat``.
 
 With a sentence embedder loaded (``INZWA_EMBEDDING_ENGINE``), an English turn is also matched by
